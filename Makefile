@@ -1,0 +1,50 @@
+# Two commands for a newcomer: `make demo` and `make test`. Everything they need is set up here.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+STATE := $(CURDIR)/.state
+VENV := $(CURDIR)/.venv
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+export UV_COMPILE_BYTECODE := 1
+export CONTRACT_EXTRACTS_HOME ?= $(STATE)
+
+.PHONY: help demo test lint lock venv system-deps clean
+
+help:
+	@echo "make demo   set up and run both demo contracts through Airflow (SQLite source, local drop folder)"
+	@echo "make test   set up and run the whole test suite (unit, integration, end-to-end)"
+	@echo "make lint   ruff"
+	@echo "make lock   re-pin constraints.txt from pyproject.toml"
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(UV)
+	$(UV) venv --quiet --allow-existing -p $(PYTHON) $(VENV)
+	$(UV) pip install --quiet -p $(VENV)/bin/python -c constraints.txt -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian packages the demo and tests use: age (recipient side CLI).
+system-deps:
+	@command -v age >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq age >/dev/null; \
+	  else echo "the 'age' CLI is missing: install it with 'sudo apt-get install age'" >&2; exit 1; fi; }
+
+demo: venv system-deps
+	$(VENV)/bin/contract-extracts demo
+
+lint: venv
+	$(VENV)/bin/ruff check src tests dags bench
+
+test: venv system-deps lint
+	$(VENV)/bin/pytest
+
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --extra dev --python 3.11 --no-header --quiet -o constraints.txt
+
+clean:
+	rm -rf $(STATE) $(VENV) $(CURDIR)/.tools .pytest_cache

@@ -1,0 +1,1 @@
+"""Airflow glue: the only part of the package that imports Airflow (the DAG builder)."""

@@ -1,0 +1,200 @@
+"""Build one Airflow DAG per contract file. The only module of the package that imports Airflow.
+
+Tasks are thin: each one builds a ``RunContext`` from the Airflow run and calls the matching
+``Pipeline`` stage. Parsing only reads YAML (no database, no network). Our own errors are
+deterministic, so they fail the task without retries (``AirflowFailException``); foreign errors
+(network, database) are retried.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, task, teardown
+
+from contract_extracts.contracts.loading import discover_contract_files, load_contract
+from contract_extracts.contracts.model import Contract
+from contract_extracts.core.errors import ConfigError, ContractExtractsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARGS = {
+    "owner": "contract-extracts",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+}
+
+
+def _airflow_connection_url(conn_id: str):
+    from airflow.sdk import Connection
+
+    from contract_extracts.core.connections import sqlalchemy_url
+
+    try:
+        conn = Connection.get(conn_id)
+    except Exception:
+        raise ConfigError("is not defined in Airflow", key=f"connection {conn_id!r}",
+                          fix=f"add the connection {conn_id!r} (UI, CLI, env AIRFLOW_CONN_..., or secrets "
+                              "backend)") from None
+    return sqlalchemy_url(conn.get_uri(), conn_id)
+
+
+def _pipeline(contract_path: Path, context: dict[str, Any]):
+    from contract_extracts.core.settings import load_settings
+    from contract_extracts.pipeline.stages import Pipeline, RunContext
+
+    dag_run = context["dag_run"]
+    ti = context["ti"]
+    run_after = getattr(dag_run, "run_after", None) or getattr(dag_run, "start_date", None) \
+        or dt.datetime.now(dt.UTC)
+    run_type = str(getattr(dag_run, "run_type", "") or "")
+    user = getattr(dag_run, "triggering_user_name", None)
+    actor = user or ("scheduler" if "scheduled" in run_type else "airflow")
+    max_tries = getattr(ti, "max_tries", None)
+    try_number = getattr(ti, "try_number", 1) or 1
+    final = max_tries is None or try_number > max_tries
+    ctx = RunContext(
+        contract_path=contract_path,
+        settings=load_settings(),
+        actor=actor,
+        run_key=f"{dag_run.dag_id}/{dag_run.run_id}",
+        run_after=run_after,
+        resolve_connection=_airflow_connection_url,
+        trigger={"system": "airflow", "dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
+                 "run_type": run_type, "try_number": try_number},
+        final_attempt=final,
+    )
+    return Pipeline(ctx)
+
+
+def _call_stage(contract_path: Path, stage: str, context: dict[str, Any]) -> dict:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    pipeline = _pipeline(contract_path, context)
+    try:
+        return getattr(pipeline, stage)()
+    except ContractExtractsError as exc:
+        if type(exc).__name__ == "StageFailed":
+            raise  # foreign cause: let Airflow retry
+        raise AirflowFailException(str(exc)) from None
+    finally:
+        pipeline.close()
+
+
+def render_doc(contract: Contract, contract_path: Path) -> str:
+    lines = [
+        f"# {contract.title}",
+        "",
+        f"**Contract** {contract.contract} · **Contractor** {contract.contractor} · "
+        f"**Business case** {contract.business_case}",
+        "",
+        f"**Legal gateway:** {contract.legal_gateway}",
+        "",
+        f"**Security assurance:** {contract.security_assurance.framework} "
+        f"{contract.security_assurance.reference}, expires {contract.security_assurance.expires}",
+        "",
+        f"**Valid** {contract.valid.from_} to {contract.valid.until} · **Schedule** "
+        f"{contract.schedule or 'manual only'} · **Linkage** {contract.linkage}",
+        "",
+        "**Recipients:** " + ", ".join(r.name for r in contract.recipients),
+        "",
+        f"Contract file: `{contract_path.name}`",
+        "",
+    ]
+    for ds in contract.datasets:
+        lines += [f"## Dataset `{ds.name}` from `{ds.table}`", "", "| Column | Treatment |", "| --- | --- |"]
+        for name, t in ds.columns.items():
+            extra = ""
+            if t.treatment == "pseudonymise":
+                extra = f" (entity `{t.entity}`, canonicalise `{t.canonicalise}`)"
+            elif t.treatment == "generalise":
+                extra = f" to {t.to}"
+            lines.append(f"| `{name}` | {t.treatment}{extra} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
+    contract_path = contract_path.absolute()
+    start = dt.datetime.combine(contract.valid.from_, dt.time(), tzinfo=dt.UTC)
+    tags = ["contract-extract", f"contractor:{contract.contractor_slug}",
+            "nightly" if contract.schedule else "manual"]
+    with DAG(
+        dag_id=contract.dag_id,
+        description=f"{contract.contract}: {contract.title} → {contract.contractor}",
+        schedule=contract.schedule,
+        start_date=start,
+        catchup=False,
+        max_active_runs=1,
+        tags=tags,
+        default_args=DEFAULT_ARGS,
+        doc_md=render_doc(contract, contract_path),
+    ) as dag:
+
+        @task(task_id="authorise", retries=0)
+        def authorise(**context: Any) -> dict:
+            return _call_stage(contract_path, "authorise", context)
+
+        @task(task_id="extract")
+        def extract(**context: Any) -> dict:
+            return _call_stage(contract_path, "extract", context)
+
+        @task(task_id="validate")
+        def validate(**context: Any) -> dict:
+            return _call_stage(contract_path, "validate", context)
+
+        @task(task_id="package")
+        def package(**context: Any) -> dict:
+            return _call_stage(contract_path, "package", context)
+
+        @task(task_id="deliver")
+        def deliver(**context: Any) -> dict:
+            return _call_stage(contract_path, "deliver", context)
+
+        @task(task_id="record")
+        def record(**context: Any) -> dict:
+            return _call_stage(contract_path, "record", context)
+
+        @teardown
+        def cleanup_staging(**context: Any) -> dict:
+            pipeline = _pipeline(contract_path, context)
+            return pipeline.cleanup()
+
+        chain = [authorise(), extract(), validate(), package(), deliver(), record()]
+        for upstream, downstream in itertools.pairwise(chain):
+            upstream >> downstream
+        chain[-1] >> cleanup_staging()
+        chain[0] >> dag.get_task("cleanup_staging")
+    return dag
+
+
+def build_all(contracts_dir: Path) -> dict[str, DAG]:
+    """DAGs for every valid contract file. Broken files are reported by ``broken_contracts``."""
+    dags: dict[str, DAG] = {}
+    for path in discover_contract_files(contracts_dir):
+        try:
+            contract = load_contract(path)
+        except ContractExtractsError:
+            continue  # reported as an import error by dags/contract_file_errors.py
+        dags[contract.dag_id] = build_contract_dag(path, contract)
+    return dags
+
+
+def broken_contracts(contracts_dir: Path) -> list[str]:
+    """One message per contract file that does not load (file, key, fix)."""
+    problems = []
+    for path in discover_contract_files(contracts_dir):
+        try:
+            load_contract(path)
+        except ContractExtractsError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+class InvalidContractFiles(Exception):
+    """Raised at parse time by dags/contract_file_errors.py so Airflow shows an import error."""

@@ -1,0 +1,240 @@
+"""The contract model: a strict, typed reading of ``configs/contracts/<id>.yaml``.
+
+Unknown keys are errors (``extra="forbid"``); identifiers are restricted to plain names so that
+they are harmless as SQL identifiers (which SQLAlchemy quotes anyway), file names and key
+derivation inputs. Filters are structured (column → operator → literal), never SQL text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+CONTRACT_ID = r"^[A-Z][A-Z0-9]*(-[A-Z0-9]+)*$"
+NAME = r"^[a-z][a-z0-9_]{0,62}$"
+COLUMN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
+CONN_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$"
+SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+ENTITY = r"^[a-z][a-z0-9_]{0,62}$"
+CRON_FIELD = r"[0-9*/,\-A-Za-z?LW#]+"
+CRON = re.compile(rf"^({CRON_FIELD}\s+){{4}}{CRON_FIELD}$")
+CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SecurityAssurance(Strict):
+    framework: str = Field(min_length=1)
+    reference: str = Field(min_length=1)
+    expires: dt.date
+
+
+class Validity(Strict):
+    from_: dt.date = Field(alias="from")
+    until: dt.date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Validity:
+        if self.until < self.from_:
+            raise ValueError("'until' is before 'from'")
+        return self
+
+
+class Source(Strict):
+    connection: str = Field(pattern=CONN_ID, description="Airflow connection id of the source database")
+
+
+class Sample(Strict):
+    fraction: float | None = Field(default=None, gt=0, le=1)
+    max_records: int | None = Field(default=None, gt=0)
+
+
+# ---- column treatments -------------------------------------------------------------------------
+
+Canonicaliser = Literal["nino", "text", "integer"]
+
+
+class Pseudonymise(Strict):
+    treatment: Literal["pseudonymise"]
+    entity: str = Field(pattern=ENTITY, description="namespace: equal entity names join within a contract")
+    canonicalise: Canonicaliser = "text"
+
+
+class Generalise(Strict):
+    treatment: Literal["generalise"]
+    to: Literal["year"]
+
+
+class Keep(Strict):
+    treatment: Literal["keep"]
+
+
+Treatment = Annotated[Pseudonymise | Generalise | Keep, Field(discriminator="treatment")]
+TREATMENT_NAMES = ("pseudonymise", "generalise", "keep")
+
+# ---- filters -----------------------------------------------------------------------------------
+
+Scalar = bool | int | float | dt.date | dt.datetime | str
+
+
+class Condition(Strict):
+    """Operators on one column; several operators on one column are ANDed."""
+
+    eq: Scalar | None = None
+    ne: Scalar | None = None
+    lt: Scalar | None = None
+    lte: Scalar | None = None
+    gt: Scalar | None = None
+    gte: Scalar | None = None
+    in_: list[Scalar] | None = Field(default=None, alias="in", min_length=1)
+    not_in: list[Scalar] | None = Field(default=None, min_length=1)
+    is_null: bool | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Condition:
+        if not self.model_fields_set:
+            raise ValueError("a filter needs at least one operator (eq, ne, lt, lte, gt, gte, in, not_in, is_null)")
+        return self
+
+    def operators(self) -> list[tuple[str, Any]]:
+        return [(name.rstrip("_"), getattr(self, name)) for name in self.model_fields_set]
+
+
+class Dataset(Strict):
+    name: str = Field(pattern=NAME)
+    table: str = Field(pattern=TABLE)
+    filter: dict[Annotated[str, Field(pattern=COLUMN)], Condition] = Field(default_factory=dict)
+    columns: dict[Annotated[str, Field(pattern=COLUMN)], Treatment]
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _every_column_has_a_treatment(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for column, spec in value.items():
+                if spec is None or (isinstance(spec, dict) and "treatment" not in spec):
+                    raise ValueError(
+                        f"column {column!r} has no treatment; give it one of "
+                        f"{', '.join(TREATMENT_NAMES)}, or remove the column to leave it out of the extract"
+                    )
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _not_empty(cls, value: dict) -> dict:
+        if not value:
+            raise ValueError("a dataset needs at least one column")
+        return value
+
+    @property
+    def schema_name(self) -> str | None:
+        return self.table.split(".", 1)[0] if "." in self.table else None
+
+    @property
+    def table_name(self) -> str:
+        return self.table.rsplit(".", 1)[-1]
+
+
+class Disclosure(Strict):
+    quasi_identifiers: list[Annotated[str, Field(pattern=COLUMN)]] = Field(default_factory=list)
+    k: int = Field(default=10, ge=2)
+    contractor_holds: list[Annotated[str, Field(pattern=COLUMN)]] = Field(default_factory=list)
+
+
+class Unmasked(Strict):
+    dataset: str = Field(pattern=NAME)
+    column: str = Field(pattern=COLUMN)
+    business_requirement: str = Field(min_length=10)
+
+
+class Recipient(Strict):
+    name: str = Field(pattern=SLUG)
+    age: str = Field(description="age X25519 public key, age1…")
+
+    @field_validator("age")
+    @classmethod
+    def _age_key(cls, value: str) -> str:
+        import pyrage
+
+        try:
+            pyrage.x25519.Recipient.from_str(value)
+        except Exception:
+            raise ValueError("not a valid age X25519 public key (expected 'age1…', 62 characters)") from None
+        return value
+
+
+class Delivery(Strict):
+    transport: Literal["local"] = "local"
+    path: str | None = Field(default=None, description="folder under the drop root; default: contractor slug")
+
+
+class Contract(Strict):
+    contract: str = Field(pattern=CONTRACT_ID, max_length=64)
+    title: str = Field(min_length=1)
+    contractor: str = Field(min_length=1)
+    legal_gateway: str = Field(min_length=1)
+    business_case: str = Field(min_length=1)
+    security_assurance: SecurityAssurance
+    valid: Validity
+    schedule: str | None = None
+    source: Source
+    linkage: Literal["contract", "delivery"] = "contract"
+    sample: Sample | None = None
+    datasets: list[Dataset] = Field(min_length=1)
+    disclosure: Disclosure | None = None
+    unmasked: list[Unmasked] = Field(default_factory=list)
+    recipients: list[Recipient] = Field(min_length=1)
+    delivery: Delivery = Field(default_factory=Delivery)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and value not in CRON_PRESETS and not CRON.match(value.strip()):
+            raise ValueError("not a cron expression (five fields, e.g. '0 2 * * *') or a preset like '@daily'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Contract:
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError("dataset names must be unique")
+        recipient_names = [r.name for r in self.recipients]
+        if len(set(recipient_names)) != len(recipient_names):
+            raise ValueError("recipient names must be unique")
+        keys = [r.age for r in self.recipients]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two recipients share one key")
+        by_name = {d.name: d for d in self.datasets}
+        for item in self.unmasked:
+            if item.dataset not in by_name or item.column not in by_name[item.dataset].columns:
+                raise ValueError(f"unmasked column {item.dataset}.{item.column} is not a listed column")
+        if self.disclosure:
+            listed = {c for d in self.datasets for c in d.columns}
+            unknown = [c for c in self.disclosure.quasi_identifiers if c not in listed]
+            if unknown:
+                raise ValueError(f"disclosure.quasi_identifiers names unlisted columns: {', '.join(unknown)}")
+        return self
+
+    # ---- derived names ---------------------------------------------------------------------
+    @property
+    def dag_id(self) -> str:
+        return dag_id_for(self.contract)
+
+    @property
+    def contractor_slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.contractor.lower()).strip("-")[:63] or "contractor"
+
+    def dataset(self, name: str) -> Dataset:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+def dag_id_for(contract_id: str) -> str:
+    return "contract_" + contract_id.lower().replace("-", "_")

@@ -1,0 +1,1 @@
+"""Delivery: package (data, codebook, manifest, signature), age encryption, transports, verification."""

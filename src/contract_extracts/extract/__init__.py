@@ -1,0 +1,1 @@
+"""Extract: contract → query from the allow-list only; source → Arrow record batches."""

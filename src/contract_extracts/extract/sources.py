@@ -1,0 +1,102 @@
+"""Read the allow-listed columns of one dataset from a source as a stream of Arrow record batches.
+
+The SELECT is built with SQLAlchemy Core from the contract only: identifiers come from the contract's
+restricted names and are quoted by the dialect; filter values are bound parameters. Rows stream
+through a server-side cursor (``stream_results``), so memory is bounded by the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from contract_extracts.contracts.model import Contract, Dataset
+from contract_extracts.core.connections import safe_url
+from contract_extracts.core.errors import SourceError
+from contract_extracts.extract.types import arrow_type
+
+_OPERATORS = {
+    "eq": lambda c, v: c == v,
+    "ne": lambda c, v: c != v,
+    "lt": lambda c, v: c < v,
+    "lte": lambda c, v: c <= v,
+    "gt": lambda c, v: c > v,
+    "gte": lambda c, v: c >= v,
+    "in": lambda c, v: c.in_(v),
+    "not_in": lambda c, v: c.not_in(v),
+    "is_null": lambda c, v: c.is_(None) if v else c.is_not(None),
+}
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    name: str
+    arrow_type: pa.DataType
+    not_null: bool
+
+
+@dataclass(frozen=True)
+class DatasetQuery:
+    dataset: str
+    statement: sa.Select
+    columns: tuple[SourceColumn, ...]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.arrow_type) for c in self.columns])
+
+
+def create_source_engine(url: URL) -> sa.Engine:
+    return sa.create_engine(url, pool_pre_ping=True, poolclass=sa.pool.NullPool)
+
+
+def reflect_table(engine: sa.Engine, dataset: Dataset, contract: Contract) -> sa.Table:
+    where = f"contract {contract.contract}, dataset {dataset.name!r}"
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(dataset.table_name, schema=dataset.schema_name):
+        raise SourceError(f"{where}: table {dataset.table!r} does not exist in source "
+                          f"{contract.source.connection!r}. Fix: correct datasets[].table in the contract")
+    return sa.Table(dataset.table_name, sa.MetaData(), schema=dataset.schema_name, autoload_with=engine)
+
+
+def plan_query(table: sa.Table, dataset: Dataset, contract: Contract) -> DatasetQuery:
+    """SELECT <listed columns, in contract order> FROM <table> WHERE <structured filter>."""
+    where = f"contract {contract.contract}, dataset {dataset.name!r}"
+    missing = [c for c in dataset.columns if c not in table.c]
+    if missing:
+        raise SourceError(f"{where}: column(s) {', '.join(missing)} do not exist in table {dataset.table!r}. "
+                          "Fix: correct the column names in the contract or remove them")
+    missing_filter = [c for c in dataset.filter if c not in table.c]
+    if missing_filter:
+        raise SourceError(f"{where}: filter column(s) {', '.join(missing_filter)} do not exist in table "
+                          f"{dataset.table!r}. Fix: correct the filter")
+    columns = tuple(
+        SourceColumn(name=name, arrow_type=arrow_type(table.c[name], f"{where}, column {name!r}"),
+                     not_null=not table.c[name].nullable)
+        for name in dataset.columns
+    )
+    statement = sa.select(*[table.c[name] for name in dataset.columns])
+    for column_name, condition in dataset.filter.items():
+        for op, value in condition.operators():
+            statement = statement.where(_OPERATORS[op](table.c[column_name], value))
+    return DatasetQuery(dataset=dataset.name, statement=statement, columns=columns)
+
+
+def stream_batches(engine: sa.Engine, query: DatasetQuery, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Stream the query's rows as Arrow record batches of at most ``batch_rows`` rows."""
+    schema = query.schema
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, max_row_buffer=batch_rows,
+                                            yield_per=batch_rows).execute(query.statement)
+            for rows in result.partitions(batch_rows):
+                columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+                arrays = [pa.array(col, type=field.type) for col, field in zip(columns, schema, strict=True)]
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+    except sa.exc.OperationalError:
+        raise SourceError(f"source {safe_url(engine.url)} failed while reading dataset "
+                          f"{query.dataset!r} (connection or query error)") from None

@@ -1,0 +1,1 @@
+"""Masking: master and contract keys, canonicalisers, keyed pseudonyms, column treatments."""

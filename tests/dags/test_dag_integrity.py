@@ -1,0 +1,86 @@
+"""DagBag integrity: every contract DAG imports cleanly; one DAG per contract file; a broken contract
+shows up as an import error naming that file only, and the other DAGs still load.
+
+DagBag runs in a subprocess with a throwaway AIRFLOW_HOME, so Airflow's configuration never leaks
+between tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contract_extracts.contracts import dag_id_for, discover_contract_files
+from tests.conftest import REPO
+
+PROBE = r"""
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+print("@@" + json.dumps({
+    "dags": {d.dag_id: {"tags": sorted(d.tags), "retries": [t.retries for t in d.tasks if t.task_id != "authorise"],
+                        "owner": d.owner, "doc": bool(d.doc_md), "schedule": type(d.timetable).__name__,
+                        "tasks": sorted(t.task_id for t in d.tasks)}
+             for d in bag.dags.values()},
+    "errors": bag.import_errors,
+}))
+"""
+
+
+def dagbag(tmp_path: Path, config_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONTRACT_EXTRACTS"))}
+    env.update(AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               CONTRACT_EXTRACTS_CONFIG_DIR=str(config_dir), GX_ANALYTICS_ENABLED="false")
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(REPO / "dags")], env=env, capture_output=True,
+                          text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("@@"))
+    return json.loads(line[2:])
+
+
+def test_every_contract_file_gives_one_dag_without_import_errors(tmp_path: Path) -> None:
+    config_dir = REPO / "configs"
+    result = dagbag(tmp_path, config_dir)
+    assert result["errors"] == {}
+    expected = {dag_id_for(p.stem) for p in discover_contract_files(config_dir / "contracts")}
+    assert expected, "the repo ships demo contracts"
+    assert set(result["dags"]) == expected
+    for dag_id, dag in result["dags"].items():
+        assert dag["owner"] == "contract-extracts", dag_id
+        assert dag["doc"], dag_id
+        assert "contract-extract" in dag["tags"] and any(t.startswith("contractor:") for t in dag["tags"])
+        assert all(r >= 1 for r in dag["retries"]), f"{dag_id}: every task after authorise retries"
+        assert dag["tasks"] == sorted(["authorise", "extract", "validate", "package", "deliver", "record",
+                                       "cleanup_staging"])
+
+
+@pytest.mark.parametrize("breakage", [
+    pytest.param("shoe_size: 44\n", id="unknown-key"),
+    pytest.param("datasets: not-a-list\n", id="wrong-type"),
+    pytest.param("recipients: [\n", id="yaml-syntax"),
+])
+def test_a_broken_contract_is_an_import_error_for_that_file_only(tmp_path: Path, breakage: str) -> None:
+    config_dir = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", config_dir)
+    broken = config_dir / "contracts" / "C-DEMO-002.yaml"
+    broken.write_text(broken.read_text() + breakage)
+    result = dagbag(tmp_path, config_dir)
+    assert set(result["dags"]) == {"contract_c_demo_001"}, "the other contract's DAG still loads"
+    assert len(result["errors"]) == 1
+    (path, message), = result["errors"].items()
+    assert path.endswith("contract_file_errors.py")
+    assert "C-DEMO-002.yaml" in message and "Fix:" in message
+    assert "C-DEMO-001" not in message
+
+
+def test_parsing_touches_no_database_or_network(tmp_path: Path) -> None:
+    # No source connection, no keys, no ledger configured: parsing must still succeed.
+    result = dagbag(tmp_path, REPO / "configs")
+    assert result["errors"] == {}
+    assert not (tmp_path / "state").exists()
