@@ -93,8 +93,15 @@ def discover_contract_files(contracts_dir: Path) -> list[Path]:
 
 
 def canonical_form(contract: Contract) -> dict:
-    """What an approval covers: every field's value, independent of YAML layout and comments."""
-    return contract.model_dump(mode="json", by_alias=True)
+    """What an approval covers: every field's value, independent of YAML layout and comments.
+
+    Mappings are hashed with sorted keys, except the columns of a dataset: their order is the order of
+    delivery, so they become an ordered list.
+    """
+    data = contract.model_dump(mode="json", by_alias=True)
+    for dataset in data["datasets"]:
+        dataset["columns"] = [{"column": name, **spec} for name, spec in dataset["columns"].items()]
+    return data
 
 
 def content_hash(contract: Contract) -> str:
@@ -118,7 +125,7 @@ def _translate(exc: ValidationError, file: str) -> ContractError:
     key = _format_loc(cleaned)
     msg = err["msg"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(cleaned[:-1])
+        allowed = _allowed_keys(loc[:-1])
         name = cleaned[-1] if cleaned else "?"
         fix = "remove it or correct its spelling"
         if allowed:
@@ -180,6 +187,9 @@ def _allowed_keys(loc: list[Any]) -> list[str]:
             elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 field = next(f for n, f in annotation.model_fields.items() if (f.alias or n) == part)
                 annotation = field.annotation
+            elif _is_union(annotation):
+                # A tagged union: pydantic's location names the member by its tag (the treatment).
+                annotation = next(m for m in typing.get_args(annotation) if _tag_of(m) == part)
             else:
                 annotation = typing.get_args(annotation)[-1]  # dict value type
         annotation = _unwrap(annotation)
@@ -188,6 +198,17 @@ def _allowed_keys(loc: list[Any]) -> list[str]:
     except (StopIteration, IndexError, TypeError):
         return []
     return []
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _tag_of(member: Any) -> str | None:
+    if isinstance(member, type) and issubclass(member, BaseModel) and "treatment" in member.model_fields:
+        args = typing.get_args(member.model_fields["treatment"].annotation)
+        return args[0] if args else None
+    return None
 
 
 def _unwrap(annotation: Any) -> Any:

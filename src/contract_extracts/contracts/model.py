@@ -20,8 +20,6 @@ TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
 CONN_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$"
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 ENTITY = r"^[a-z][a-z0-9_]{0,62}$"
-CRON_FIELD = r"[0-9*/,\-A-Za-z?LW#]+"
-CRON = re.compile(rf"^({CRON_FIELD}\s+){{4}}{CRON_FIELD}$")
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
 
 
@@ -194,8 +192,14 @@ class Contract(Strict):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and value not in CRON_PRESETS and not CRON.match(value.strip()):
-            raise ValueError("not a cron expression (five fields, e.g. '0 2 * * *') or a preset like '@daily'")
+        if value is None or value in CRON_PRESETS:
+            return value
+        from croniter import croniter
+
+        # Five fields only (no seconds field) and every field in range, as Airflow's timetable needs.
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError("not a valid cron expression (five fields in range, e.g. '0 2 * * *') or a preset "
+                             "like '@daily'")
         return value
 
     @model_validator(mode="after")

@@ -34,7 +34,8 @@ def sqlalchemy_url(uri: str, conn_id: str) -> URL:
     if base not in _DRIVERS:
         raise ConfigError(f"has unsupported type {base!r}", key=f"connection {conn_id!r}",
                           fix=f"use one of: {', '.join(sorted(_DRIVERS))}")
-    driver = scheme if "+" in scheme else _DRIVERS[base]
+    dialect = _DRIVERS[base].split("+", 1)[0]
+    driver = f"{dialect}+{scheme.split('+', 1)[1]}" if "+" in scheme else _DRIVERS[base]
     try:
         return make_url(f"{driver}://{rest}")
     except Exception:

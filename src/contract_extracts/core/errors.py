@@ -47,6 +47,10 @@ class SourceError(ContractExtractsError):
     """The source does not match the contract (missing table or column, unsupported type)."""
 
 
+class DataError(ContractExtractsError):
+    """Source values cannot be treated as the contract says (counted, never shown)."""
+
+
 class ValidationFailed(ContractExtractsError):
     """The staged output failed its expectations: nothing is packaged or delivered."""
 

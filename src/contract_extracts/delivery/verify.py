@@ -100,8 +100,13 @@ def _check(files_dir: Path, names: set[str], public) -> dict:
         raise VerificationError("manifest.json is not valid JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != PACKAGE_FORMAT:
         raise VerificationError(f"manifest format is not {PACKAGE_FORMAT}")
-    listed = {}
-    for entry in manifest.get("files", []):
+    listed: dict[str, dict] = {}
+    entries = manifest.get("files")
+    if not isinstance(entries, list):
+        raise VerificationError("manifest.json has no list of files")
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or entry["path"] in listed:
+            raise VerificationError("manifest.json has a malformed or duplicate file entry")
         listed[entry["path"]] = entry
     unlisted = names - set(listed) - {"manifest.json", "manifest.sig"}
     if unlisted:

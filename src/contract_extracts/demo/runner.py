@@ -134,7 +134,7 @@ def run_dag_test(dag_id: str, env: dict[str, str], log_file: Path) -> int:
 def _run(cmd: list[str], env: dict[str, str], log_file: Path, label: str, check: bool = True) -> int:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with log_file.open("ab") as log:
+    with log_file.open("wb") as log:  # the log of the latest run
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     print(f"  {label}: exit {proc.returncode} in {time.monotonic() - started:.0f}s (log: {log_file})",
           flush=True)

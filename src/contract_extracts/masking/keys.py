@@ -107,7 +107,11 @@ def load_master_key(env: dict[str, str] | None = None) -> MasterKey:
 def write_private_file(path: Path, content: bytes) -> None:
     """Create ``path`` with mode 0600 (never world-readable, not even briefly); refuse to overwrite."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyError_(f"{path} already exists; refusing to overwrite a key file. Fix: choose a new "
+                        "file name or move the old file away deliberately") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(content)
         fh.flush()

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from contract_extracts.contracts.model import Generalise, Keep, Pseudonymise
-from contract_extracts.core.errors import ContractError
+from contract_extracts.core.errors import ContractError, DataError
 from contract_extracts.masking.keys import ContractKeys
 from contract_extracts.masking.pseudonyms import PSEUDONYM_HEX_CHARS, pseudonymise_array
 
@@ -68,7 +68,12 @@ def output_schema(plans: list[ColumnPlan]) -> pa.Schema:
 
 def mask_batch(batch: pa.RecordBatch, plans: list[ColumnPlan], keys: ContractKeys) -> pa.RecordBatch:
     """Apply every column's treatment to one record batch; columns come out in plan order."""
-    arrays = [_apply(batch.column(p.name), p, keys) for p in plans]
+    arrays = []
+    for plan in plans:
+        try:
+            arrays.append(_apply(batch.column(plan.name), plan, keys))
+        except DataError as exc:
+            raise DataError(f"column {plan.name!r}: {exc}") from None
     return pa.RecordBatch.from_arrays(arrays, schema=output_schema(plans))
 
 
