@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from contract_extracts.contracts.model import Generalise, Keep, Pseudonymise
+from contract_extracts.contracts.treatments import Generalise, Keep, Pseudonymise
 from contract_extracts.core.errors import ContractError
 from contract_extracts.masking.keys import ContractKeys, MasterKey
 from contract_extracts.masking.treatments import describe, mask_batch, output_schema, plan_column

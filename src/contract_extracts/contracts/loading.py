@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from contract_extracts.contracts.model import TREATMENT_NAMES, Contract
+from contract_extracts.contracts.model import Contract
+from contract_extracts.contracts.treatments import TREATMENT_NAMES
 from contract_extracts.core.errors import ContractError
 
 MAX_CONTRACT_BYTES = 1 << 20

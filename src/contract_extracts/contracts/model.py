@@ -11,20 +11,20 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-CONTRACT_ID = r"^[A-Z][A-Z0-9]*(-[A-Z0-9]+)*$"
-NAME = r"^[a-z][a-z0-9_]{0,62}$"
-COLUMN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
-TABLE = r"^([A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$"
-CONN_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$"
-SLUG = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-ENTITY = r"^[a-z][a-z0-9_]{0,62}$"
+from contract_extracts.contracts.base import COLUMN as COLUMN
+from contract_extracts.contracts.base import CONN_ID, CONTRACT_ID, NAME, TABLE, Strict
+from contract_extracts.contracts.delivery import Delivery, Recipient
+from contract_extracts.contracts.disclosure import Disclosure, Unmasked
+from contract_extracts.contracts.extraction import Incremental, Partition
+from contract_extracts.contracts.treatments import (
+    TREATMENT_NAMES,
+    Sample,
+    Treatment,
+)
+
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class SecurityAssurance(Strict):
@@ -47,34 +47,6 @@ class Validity(Strict):
 class Source(Strict):
     connection: str = Field(pattern=CONN_ID, description="Airflow connection id of the source database")
 
-
-class Sample(Strict):
-    fraction: float | None = Field(default=None, gt=0, le=1)
-    max_records: int | None = Field(default=None, gt=0)
-
-
-# ---- column treatments -------------------------------------------------------------------------
-
-Canonicaliser = Literal["nino", "text", "integer"]
-
-
-class Pseudonymise(Strict):
-    treatment: Literal["pseudonymise"]
-    entity: str = Field(pattern=ENTITY, description="namespace: equal entity names join within a contract")
-    canonicalise: Canonicaliser = "text"
-
-
-class Generalise(Strict):
-    treatment: Literal["generalise"]
-    to: Literal["year"]
-
-
-class Keep(Strict):
-    treatment: Literal["keep"]
-
-
-Treatment = Annotated[Pseudonymise | Generalise | Keep, Field(discriminator="treatment")]
-TREATMENT_NAMES = ("pseudonymise", "generalise", "keep")
 
 # ---- filters -----------------------------------------------------------------------------------
 
@@ -109,6 +81,7 @@ class Dataset(Strict):
     table: str = Field(pattern=TABLE)
     filter: dict[Annotated[str, Field(pattern=COLUMN)], Condition] = Field(default_factory=dict)
     columns: dict[Annotated[str, Field(pattern=COLUMN)], Treatment]
+    partition: Partition | None = None
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -138,39 +111,6 @@ class Dataset(Strict):
         return self.table.rsplit(".", 1)[-1]
 
 
-class Disclosure(Strict):
-    quasi_identifiers: list[Annotated[str, Field(pattern=COLUMN)]] = Field(default_factory=list)
-    k: int = Field(default=10, ge=2)
-    contractor_holds: list[Annotated[str, Field(pattern=COLUMN)]] = Field(default_factory=list)
-
-
-class Unmasked(Strict):
-    dataset: str = Field(pattern=NAME)
-    column: str = Field(pattern=COLUMN)
-    business_requirement: str = Field(min_length=10)
-
-
-class Recipient(Strict):
-    name: str = Field(pattern=SLUG)
-    age: str = Field(description="age X25519 public key, age1…")
-
-    @field_validator("age")
-    @classmethod
-    def _age_key(cls, value: str) -> str:
-        import pyrage
-
-        try:
-            pyrage.x25519.Recipient.from_str(value)
-        except Exception:
-            raise ValueError("not a valid age X25519 public key (expected 'age1…', 62 characters)") from None
-        return value
-
-
-class Delivery(Strict):
-    transport: Literal["local"] = "local"
-    path: str | None = Field(default=None, description="folder under the drop root; default: contractor slug")
-
-
 class Contract(Strict):
     contract: str = Field(pattern=CONTRACT_ID, max_length=64)
     title: str = Field(min_length=1)
@@ -188,6 +128,7 @@ class Contract(Strict):
     unmasked: list[Unmasked] = Field(default_factory=list)
     recipients: list[Recipient] = Field(min_length=1)
     delivery: Delivery = Field(default_factory=Delivery)
+    incremental: Incremental | None = None
 
     @field_validator("schedule")
     @classmethod
@@ -210,7 +151,7 @@ class Contract(Strict):
         recipient_names = [r.name for r in self.recipients]
         if len(set(recipient_names)) != len(recipient_names):
             raise ValueError("recipient names must be unique")
-        keys = [r.age for r in self.recipients]
+        keys = [r.public_key for r in self.recipients]
         if len(set(keys)) != len(keys):
             raise ValueError("two recipients share one key")
         by_name = {d.name: d for d in self.datasets}

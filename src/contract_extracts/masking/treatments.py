@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contract_extracts.contracts.model import Generalise, Keep, Pseudonymise
+from contract_extracts.contracts.treatments import Generalise, Keep, Pseudonymise
 from contract_extracts.core.errors import ContractError, DataError
 from contract_extracts.masking.keys import ContractKeys
 from contract_extracts.masking.pseudonyms import PSEUDONYM_HEX_CHARS, pseudonymise_array

@@ -28,7 +28,8 @@ from sqlalchemy.engine import URL
 
 from contract_extracts.audit.ledger import Ledger
 from contract_extracts.contracts.loading import content_hash, load_contract
-from contract_extracts.contracts.model import Contract, Pseudonymise
+from contract_extracts.contracts.model import Contract
+from contract_extracts.contracts.treatments import Pseudonymise
 from contract_extracts.core.errors import (
     AuthorisationError,
     ContractExtractsError,
@@ -191,6 +192,9 @@ class Pipeline:
             raise AuthorisationError("the contract lists unmasked columns, which need two signed approvals "
                                      "(one by an Information Asset Manager); this version cannot record "
                                      "approvals, so the run is refused")
+        if contract.incremental is not None:
+            raise AuthorisationError("the contract asks for incremental deliveries, which this version cannot "
+                                     "track yet; the run is refused rather than sending a full extract")
         if contract.sample is not None:
             raise AuthorisationError("the contract asks for a sample, which this version cannot draw yet; "
                                      "the run is refused rather than delivering more records than approved")

@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import getpass
+import importlib
 import json
 import sys
 import uuid
 from pathlib import Path
 
 from contract_extracts.core.errors import ContractExtractsError
+
+# Modules under contract_extracts.cli that add subcommands through ``register(subparsers)``.
+_AREA_MODULES: tuple[str, ...] = ()
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -180,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="set up and run both demo contracts through Airflow")
     p.add_argument("--people", type=int, default=100_000, help="synthetic claimants (default 100000)")
     p.set_defaults(func=_cmd_demo)
+
+    # Further areas register their own subcommands (one module each, so they evolve independently).
+    for module in _AREA_MODULES:
+        importlib.import_module(f"contract_extracts.cli.{module}").register(sub)
     return parser
 
 
