@@ -28,11 +28,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(UV)
 
 venv: $(VENV)/.installed
 
-# Debian packages the demo and tests use: age (recipient side CLI).
+# Debian packages the demo and tests use, installed only when missing:
+# age (recipient-side CLI), sshd (real SFTP server in tests), gpg (OpenPGP recipients), chromium (UI test).
+SYSTEM_DEPS := age:age /usr/sbin/sshd:openssh-server gpg:gnupg chromium:chromium
 system-deps:
-	@command -v age >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq age >/dev/null; \
-	  else echo "the 'age' CLI is missing: install it with 'sudo apt-get install age'" >&2; exit 1; fi; }
+	@missing=""; for pair in $(SYSTEM_DEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing - install them with: sudo apt-get install$$missing" >&2; exit 1; fi; fi
 
 demo: venv system-deps
 	$(VENV)/bin/contract-extracts demo
