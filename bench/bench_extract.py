@@ -1,0 +1,213 @@
+"""Extraction benchmark against PostgreSQL, run by hand (never in the timed test suite).
+
+    .venv/bin/python bench/bench_extract.py [--rows 5000000] [--keep]
+
+Generates N synthetic claimants into a PostgreSQL database (kept with --keep for the next run), then
+measures in the same run, each in a fresh process so peak RSS is its own:
+  1. raw server COPY of the table to /dev/null (the floor of one backend),
+  2. COPY TO STDOUT drained by psycopg (the client floor),
+  3. our extract alone (stream_batches, all 12 columns, COPY fast path),
+  4. our extract through the generic SQLAlchemy path (for comparison),
+  5. the whole delivery pipeline (extract → mask → validate → package → encrypt → deliver) for a
+     contract that pseudonymises the NINO and the id, generalises two dates and keeps the rest.
+Prints rows/s, the ratio to raw COPY and peak RSS of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def database_url(rows: int) -> str:
+    return sa.engine.make_url(ADMIN).set(database=f"ce_bench_{rows}").render_as_string(hide_password=False)
+
+
+def ensure_source(rows: int, keep: bool) -> str:
+    from contract_extracts.demo.synthetic import write_demo_source
+
+    url = database_url(rows)
+    name = sa.engine.make_url(url).database
+    admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+        if exists and not keep:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+            exists = None
+        if not exists:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    if not exists:
+        started = time.monotonic()
+        print(f"generating {rows:,} claimants into {name} ...", flush=True)
+        write_demo_source(url, n_people=rows)
+        print(f"  generated in {time.monotonic() - started:.0f}s", flush=True)
+    return url
+
+
+# ---- measured steps (each runs in its own process: `bench_extract.py --step NAME URL`) -----------
+
+def step_copy_server(url: str) -> int:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        result = conn.exec_driver_sql("COPY claimants TO '/dev/null'")
+        rows = result.rowcount
+    engine.dispose()
+    return rows
+
+
+def step_copy_client(url: str) -> int:
+    import psycopg
+
+    rows = 0
+    dsn = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur, \
+            cur.copy("COPY claimants TO STDOUT WITH (FORMAT csv)") as copy:
+        for chunk in copy:
+            rows += bytes(chunk).count(b"\n")
+    return rows
+
+
+def _extract(url: str, method: str) -> int:
+    from contract_extracts.contracts.model import Contract
+    from contract_extracts.extract.sources import create_source_engine, plan_query, reflect_table, stream_batches
+
+    contract = Contract.model_validate(bench_contract("keep-all"))
+    engine = create_source_engine(sa.engine.make_url(url))
+    dataset = contract.datasets[0]
+    query = plan_query(reflect_table(engine, dataset, contract), dataset, contract)
+    rows = sum(b.num_rows for b in stream_batches(engine, query, 65536, method=method))
+    engine.dispose()
+    return rows
+
+
+def step_extract(url: str) -> int:
+    return _extract(url, "auto")
+
+
+def step_extract_generic(url: str) -> int:
+    return _extract(url, "generic")
+
+
+def step_pipeline(url: str) -> int:
+    import datetime as dt
+    import uuid
+
+    import yaml
+
+    from contract_extracts.core.settings import load_settings
+    from contract_extracts.delivery.recipients import new_identity_file
+    from contract_extracts.demo.runner import ensure_keys
+    from contract_extracts.pipeline.stages import Pipeline, RunContext
+
+    home = Path(tempfile.mkdtemp(prefix="ce-bench-"))
+    keys = ensure_keys(home)
+    public = new_identity_file(home / "identity.txt")
+    contracts = home / "configs" / "contracts"
+    contracts.mkdir(parents=True)
+    spec = bench_contract("pipeline")
+    spec["recipients"] = [{"name": "bench", "age": public}]
+    (contracts / "C-BENCH-1.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    os.environ.update(CONTRACT_EXTRACTS_HOME=str(home), CONTRACT_EXTRACTS_CONFIG_DIR=str(home / "configs"),
+                      CONTRACT_EXTRACTS_MASTER_KEY_FILE=str(keys["master"]),
+                      CONTRACT_EXTRACTS_SIGNING_KEY_FILE=str(keys["signing"]))
+    ctx = RunContext(contract_path=contracts / "C-BENCH-1.yaml", settings=load_settings(), actor="bench",
+                     run_key=f"bench/{uuid.uuid4()}", run_after=dt.datetime.now(dt.UTC),
+                     resolve_connection=lambda _c: sa.engine.make_url(url), trigger={"system": "bench"})
+    state = Pipeline(ctx).run_all()
+    return int(state.get("rows", 0)) or _rows_of(url)
+
+
+def _rows_of(url: str) -> int:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM claimants")).scalar_one()
+    engine.dispose()
+    return rows
+
+
+def bench_contract(kind: str) -> dict:
+    def keep() -> dict:
+        return {"treatment": "keep"}  # a fresh dict each time: YAML aliases are refused in contracts
+
+    if kind == "keep-all":
+        columns = {c: keep() for c in ("id", "nino", "first_name", "last_name", "date_of_birth", "sex", "postcode",
+                                     "region", "benefit_code", "weekly_amount", "claim_start", "claim_end")}
+    else:
+        columns = {
+            "id": {"treatment": "pseudonymise", "entity": "claimant", "canonicalise": "integer"},
+            "nino": {"treatment": "pseudonymise", "entity": "person", "canonicalise": "nino"},
+            "date_of_birth": {"treatment": "generalise", "to": "year"},
+            "sex": keep(), "region": keep(), "benefit_code": keep(), "weekly_amount": keep(),
+            "claim_start": {"treatment": "generalise", "to": "year"},
+        }
+    return {
+        "contract": "C-BENCH-1", "title": "benchmark", "contractor": "Bench", "legal_gateway": "bench",
+        "business_case": "bench", "security_assurance": {"framework": "SARA", "reference": "b",
+                                                         "expires": "2099-01-01"},
+        "valid": {"from": "2020-01-01", "until": "2099-01-01"}, "source": {"connection": "bench"},
+        "datasets": [{"name": "claimants", "table": "claimants", "columns": columns}],
+        "recipients": [{"name": "bench", "age": "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"}],
+    }
+
+
+STEPS = {"copy-server": step_copy_server, "copy-client": step_copy_client, "extract": step_extract,
+         "extract-generic": step_extract_generic, "pipeline": step_pipeline}
+
+
+def run_step(name: str, url: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--step", name, url], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        return {"step": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--keep", action="store_true", help="reuse the generated database if present")
+    parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset")
+    parser.add_argument("--step", nargs=2, metavar=("NAME", "URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        name, url = args.step
+        # Import what the steps use before the clock starts: rates measure work, not start-up.
+        import pyarrow  # noqa: F401
+
+        import contract_extracts.pipeline.stages  # noqa: F401
+        started = time.perf_counter()
+        rows = STEPS[name](url)
+        seconds = time.perf_counter() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"step": name, "rows": rows, "seconds": seconds, "peak_mib": peak}))
+        return
+    url = ensure_source(args.rows, args.keep)
+    results = [run_step(name, url) for name in args.steps.split(",")]
+    floor = next((r for r in results if r.get("step") == "copy-server" and "rows" in r), None)
+    floor_rate = floor["rows"] / floor["seconds"] if floor else None
+    print(f"\n{'step':<16} {'rows':>11} {'seconds':>8} {'rows/s':>11} {'× COPY':>7} {'peak RSS':>9}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['step']:<16} failed: {r['error']}")
+            continue
+        rate = r["rows"] / r["seconds"]
+        ratio = f"{rate / floor_rate:.2f}" if floor_rate else "-"
+        print(f"{r['step']:<16} {r['rows']:>11,} {r['seconds']:>8.1f} {rate:>11,.0f} {ratio:>7} "
+              f"{r['peak_mib']:>7.0f} MiB")
+    print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()
