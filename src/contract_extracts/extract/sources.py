@@ -95,32 +95,46 @@ def _selected(column: sa.Column, arrow: pa.DataType) -> sa.ColumnElement:
     return column
 
 
-def stream_batches(engine: sa.Engine, query: DatasetQuery, batch_rows: int, *,
-                   method: str = "auto") -> Iterator[pa.RecordBatch]:
+def stream_batches(engine: sa.Engine, query: DatasetQuery, batch_rows: int, *, method: str = "auto",
+                   connection: sa.Connection | None = None,
+                   where: sa.ColumnElement | None = None) -> Iterator[pa.RecordBatch]:
     """Stream the query's rows as Arrow record batches of at most ``batch_rows`` rows.
 
     ``method``: ``auto`` takes the fastest exact path the source offers (PostgreSQL: COPY parsed by
     pyarrow); ``generic`` forces the SQLAlchemy server-side cursor path (any dialect). Callers never
-    branch on the database: the choice is made here.
+    branch on the database: the choice is made here. ``connection``: an open connection already inside
+    the transaction to read in (a partition's imported snapshot); ``where``: an extra condition (a range).
     """
     schema = query.schema
+    statement = query.statement if where is None else query.statement.where(where)
     fast = (method == "auto" and engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
             and postgres.supports(schema))
     try:
+        if connection is not None:
+            yield from _read(connection, statement, schema, fast, batch_rows)
+            return
         with engine.connect() as conn:
             if fast:
                 with conn.begin():
-                    for batch in postgres.stream_copy(conn.connection.driver_connection, query.statement,
-                                                      schema, engine.dialect):
-                        for offset in range(0, batch.num_rows, batch_rows):
-                            yield batch.slice(offset, batch_rows)
-                return
-            result = conn.execution_options(stream_results=True, max_row_buffer=batch_rows,
-                                            yield_per=batch_rows).execute(query.statement)
-            for rows in result.partitions(batch_rows):
-                columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
-                arrays = [pa.array(col, type=field.type) for col, field in zip(columns, schema, strict=True)]
-                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+                    yield from _read(conn, statement, schema, fast, batch_rows)
+            else:
+                yield from _read(conn, statement, schema, fast, batch_rows)
     except sa.exc.OperationalError:
         raise SourceError(f"source {safe_url(engine.url)} failed while reading dataset "
                           f"{query.dataset!r} (connection or query error)") from None
+
+
+def _read(conn: sa.Connection, statement: sa.Select, schema: pa.Schema, fast: bool,
+          batch_rows: int) -> Iterator[pa.RecordBatch]:
+    if fast:
+        for batch in postgres.stream_copy(conn.connection.driver_connection, statement, schema,
+                                          conn.engine.dialect):
+            for offset in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(offset, batch_rows)
+        return
+    result = conn.execution_options(stream_results=True, max_row_buffer=batch_rows,
+                                    yield_per=batch_rows).execute(statement)
+    for rows in result.partitions(batch_rows):
+        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+        arrays = [pa.array(col, type=field.type) for col, field in zip(columns, schema, strict=True)]
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
