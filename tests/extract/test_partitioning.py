@@ -132,3 +132,64 @@ def test_mariadb_partitions_exclude_rows_inserted_after_planning() -> None:
         got = read_partitions(engine, ranges)
         assert got.column("id").to_pylist() == list(range(1, 301))
         engine.dispose()
+
+
+def _wait_exit(pid: int, seconds: float) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_detached_holder_keeps_the_snapshot_until_the_ledger_releases_it(tmp_path) -> None:
+    import os
+    import signal
+
+    from contract_extracts.audit.ledger import Ledger
+    from contract_extracts.extract import snapshot_holder
+
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    with temporary_database("postgresql") as url:
+        engine = sa.create_engine(url)
+        table = make_table(engine, 400)
+        ranges = plan_ranges(engine, table, "people", "id", 4)
+        snapshot, pid = snapshot_holder.start(engine.url, ledger_url=ledger_url, contract="C-TEST-2",
+                                              delivery="d1", max_seconds=60, poll_seconds=0.2)
+        try:
+            with engine.begin() as conn:
+                conn.execute(table.delete())
+            # Partitions read one after another (as under `airflow dags test`), all from the held snapshot.
+            assert read_partitions(engine, ranges[:2], snapshot).num_rows == 200
+            assert read_partitions(engine, ranges[2:], snapshot).num_rows == 200
+            ledger = Ledger(ledger_url)
+            ledger.append(actor="pytest", action=snapshot_holder.RELEASED, contract="C-TEST-2", delivery="d1",
+                          details={})
+            ledger.close()
+            assert _wait_exit(pid, 10), "the holder must end once the ledger releases the snapshot"
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        with pytest.raises(SourceError, match="no longer available"):
+            read_partitions(engine, ranges[:1], snapshot)
+        engine.dispose()
+
+
+def test_holder_gives_up_after_its_maximum_lifetime(tmp_path) -> None:
+    from contract_extracts.extract import snapshot_holder
+
+    with temporary_database("postgresql") as url:
+        engine = sa.create_engine(url)
+        make_table(engine, 5)
+        _snapshot, pid = snapshot_holder.start(engine.url, ledger_url=f"sqlite:///{tmp_path / 'l.sqlite'}",
+                                               contract="C-TEST-2", delivery="d2", max_seconds=1, poll_seconds=0.2)
+        assert _wait_exit(pid, 15)
+        engine.dispose()
