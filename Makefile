@@ -43,7 +43,7 @@ demo: venv system-deps
 	$(VENV)/bin/contract-extracts demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests dags bench
+	$(VENV)/bin/ruff check src tests dags bench plugins
 
 test: venv system-deps lint
 	$(VENV)/bin/pytest

@@ -38,6 +38,7 @@ class Workspace:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    from contract_extracts.authorisation.testing import write_registry
     from contract_extracts.demo.runner import ensure_keys, render_demo_contracts
 
     home = tmp_path / "state"
@@ -45,6 +46,10 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     config_dir = tmp_path / "configs"
     identities = tmp_path / "identities"
     render_demo_contracts(REPO / "configs" / "contracts", config_dir / "contracts", identities)
+    # Approvers for the authorise gate: test-iam (Information Asset Manager) and test-approver, keys in
+    # <home>/keys/. Nothing is approved here: a test approves what it runs with
+    # contract_extracts.authorisation.testing.approve_for_tests(config_dir, home, [contract paths]).
+    write_registry(config_dir, home)
     env = {
         "CONTRACT_EXTRACTS_HOME": str(home),
         "CONTRACT_EXTRACTS_CONFIG_DIR": str(config_dir),
@@ -53,6 +58,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     }
     monkeypatch.delenv("CONTRACT_EXTRACTS_MASTER_KEY", raising=False)
     monkeypatch.delenv("CONTRACT_EXTRACTS_LEDGER_URL", raising=False)
+    monkeypatch.delenv("CONTRACT_EXTRACTS_LEDGER_KEY", raising=False)
+    monkeypatch.delenv("CONTRACT_EXTRACTS_LEDGER_KEY_FILE", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return Workspace(home=home, config_dir=config_dir, keys=keys, identities=identities, env=env)

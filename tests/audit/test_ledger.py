@@ -399,6 +399,44 @@ def test_concurrent_processes_make_one_chain(backend_url) -> None:
     auditor_check(raw_rows(backend_url))
 
 
+def _keyed_append_worker(url: str, worker: int, appends: int, barrier) -> None:
+    barrier.wait(timeout=60)
+    ledger = Ledger(url, key=KEY)
+    try:
+        for n in range(appends):
+            ledger.append(actor=f"worker-{worker}", action="extract_done", contract="c-1",
+                          delivery=f"w-{worker}", details={"worker": worker, "n": n})
+    finally:
+        ledger.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_postgresql_8_writers_x_200_extend_one_keyed_chain(pg_url) -> None:
+    """Mapped tasks and several DAG runs at once: 1,600 new records on top of existing ones, one chain."""
+    with Ledger(pg_url, key=KEY) as ledger:
+        fill(ledger)
+    writers, appends = 8, 200
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(writers)
+    procs = [ctx.Process(target=_keyed_append_worker, args=(pg_url, w, appends, barrier)) for w in range(writers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=280)
+    assert [p.exitcode for p in procs] == [0] * writers
+
+    before = len(SIX)
+    with Ledger(pg_url, key=KEY) as ledger:
+        assert ledger.count() == before + writers * appends == 1606
+        assert [r.seq for r in ledger.records()] == list(range(1, before + writers * appends + 1))
+        result = ledger.verify()
+        assert (result.ok, result.records, result.head_seq) == (True, 1606, 1606)
+        for w in range(writers):
+            assert [r.details_obj()["n"] for r in ledger.records(delivery=f"w-{w}")] == list(range(appends))
+    auditor_check(raw_rows(pg_url), KEY)
+
+
 def test_concurrent_threads_make_one_chain(backend_url) -> None:
     shared = Ledger(backend_url)
     errors: list[BaseException] = []
@@ -470,7 +508,7 @@ def test_records_filters(make_ledger, monkeypatch) -> None:
 
 def test_no_update_or_delete_api() -> None:
     public = {name for name in dir(Ledger) if not name.startswith("_")}
-    assert public == {"append", "records", "head", "count", "verify", "close"}
+    assert public == {"append", "records", "head", "count", "verify", "close", "keyed", "location", "table"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -555,6 +593,34 @@ def test_closed_ledger_refuses(tmp_path) -> None:
     ledger.close()
     with pytest.raises(LedgerError, match="closed"):
         ledger.count()
+
+
+# ---------------------------------------------------------------------------------------------------
+# One mode per chain: a writer never extends a head it cannot verify
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second"), [(KEY, None), (None, KEY), (KEY, b"another-key")],
+                         ids=["keyed-then-unkeyed", "unkeyed-then-keyed", "other-key"])
+def test_append_refuses_a_head_written_in_another_mode(make_ledger, first, second) -> None:
+    writer = make_ledger(key=first)
+    fill(writer)
+    other = make_ledger(key=second)
+    with pytest.raises(LedgerError, match="refusing to append: the head record 6 does not verify") as info:
+        other.append(actor="worker", action="run_started", contract="c-1", delivery="d-2", details={})
+    assert "same key, or none" in str(info.value)
+    assert writer.count() == 6 and writer.verify().ok
+    writer.append(actor="worker", action="run_started", contract="c-1", delivery="d-2", details={})
+
+
+def test_append_refuses_a_forged_head(make_ledger, backend_url) -> None:
+    ledger = make_ledger(key=KEY)
+    fill(ledger)
+    with raw(backend_url) as conn:
+        _forge_tail(conn)
+    with pytest.raises(LedgerError, match="head record 7 does not verify"):
+        ledger.append(actor="a", action="b", contract=None, delivery=None, details={})
+    assert ledger.count() == 7
 
 
 def test_sqlite_folder_is_created(tmp_path) -> None:

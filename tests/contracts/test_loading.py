@@ -242,7 +242,7 @@ MUTATION_ERRORS: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
                           ("datasets[0].columns.nino", "unknown treatment", "pseudonymise")),
     "unknown-canonicaliser": (lambda d: _columns(d)["nino"].update(canonicalise="soundex"),
                               ("datasets[0].columns.nino.canonicalise",)),
-    "generalise-to-month": (lambda d: _columns(d)["date_of_birth"].update(to="month"),
+    "generalise-to-unknown-level": (lambda d: _columns(d)["date_of_birth"].update(to="fortnight"),
                             ("datasets[0].columns.date_of_birth.to",)),
     "missing-legal-gateway": (lambda d: d.pop("legal_gateway"), ("legal_gateway", "required key is missing")),
     "missing-business-case": (lambda d: d.pop("business_case"), ("business_case", "required key is missing")),
@@ -360,7 +360,7 @@ def test_oversized_file_is_refused(tmp_path: Path) -> None:
 
 def test_error_names_the_second_dataset_by_index(tmp_path: Path) -> None:
     data = demo_data()
-    data["datasets"][1]["columns"]["amount"] = {"treatment": "round"}
+    data["datasets"][1]["columns"]["amount"] = {"treatment": "obfuscate"}
     _expect_error(write(tmp_path, data), "datasets[1].columns.amount", "unknown treatment")
 
 

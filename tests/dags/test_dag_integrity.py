@@ -56,7 +56,7 @@ def test_every_contract_file_gives_one_dag_without_import_errors(tmp_path: Path)
         assert dag["doc"], dag_id
         assert "contract-extract" in dag["tags"] and any(t.startswith("contractor:") for t in dag["tags"])
         assert all(r >= 1 for r in dag["retries"]), f"{dag_id}: every task after authorise retries"
-        assert dag["tasks"] == sorted(["authorise", "extract", "validate", "package", "deliver", "record",
+        assert dag["tasks"] == sorted(["authorise", "extract", "disclosure", "validate", "package", "deliver", "record",
                                        "cleanup_staging"])
 
 

@@ -101,3 +101,37 @@ def test_integer_canonicaliser_refuses_non_numeric_text_without_showing_it() -> 
         canonicalise(pa.array(["42", "AB123456C", "7x"]), "integer")
     assert "2 value(s)" in str(excinfo.value)
     assert "AB123456C" not in str(excinfo.value) and "7x" not in str(excinfo.value)
+
+
+# ---- the ASCII fast path gives exactly what the regular expressions define ----------------------
+
+import pyarrow.compute as pc  # noqa: E402
+
+_WS = r"[\s\x0B\x{85}\p{Z}]+"
+
+
+def _regex_reference(values: list[str | None], kind: str) -> list[str | None]:
+    """The canonical forms written with the defining regular expressions only (no fast path)."""
+    text = pa.array(values, pa.string())
+    strip = lambda a: pc.replace_substring_regex(a, pattern=rf"^{_WS}|{_WS}$", replacement="")  # noqa: E731
+    if kind in ("nino", "postcode"):
+        out = pc.utf8_upper(pc.replace_substring_regex(text, pattern=_WS, replacement=""))
+    elif kind == "text":
+        out = pc.utf8_lower(pc.replace_substring_regex(strip(text), pattern=_WS, replacement=" "))
+    else:  # email
+        out = pc.utf8_lower(strip(text))
+    return [None if v in (None, "") else v for v in out.to_pylist()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.none() | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F)) |
+                       st.text(max_size=12), max_size=12),
+       kind=st.sampled_from(["nino", "postcode", "text", "email"]))
+def test_fast_path_equals_the_regex_definition(values: list[str | None], kind: str) -> None:
+    assert canonicalise(pa.array(values, pa.string()), kind).to_pylist() == _regex_reference(values, kind)
+
+
+@pytest.mark.parametrize("kind", ["nino", "postcode", "text", "email"])
+def test_fast_path_on_printable_ascii_batches(kind: str) -> None:
+    values = ["  ab 12  34 56 c ", "AB123456C", "x", "  ", "a  b", "Jo.Bloggs@Example.ORG "]
+    assert canonicalise(pa.array(values), kind).to_pylist() == _regex_reference(values, kind)

@@ -251,3 +251,121 @@ def test_new_master_keys_are_random(tmp_path: Path) -> None:
     b = new_master_key_file(tmp_path / "b.key")
     assert a.secret != b.secret
     assert a.key_id != b.key_id
+
+
+# ---- keyrings, key sources, pinning ------------------------------------------------------------------
+
+from contract_extracts.masking.keys import (  # noqa: E402
+    CURRENT_KEY_ID_ENV,
+    EnvKeySource,
+    FileKeySource,
+    FixedKeySource,
+    Keyring,
+    default_key_source,
+    load_keyring,
+    parse_master_keys,
+    resolve_master_key,
+)
+
+OTHER_HEX = "c4" * 32
+THIRD_HEX = "0e" * 32
+
+
+def _id(hex_key: str) -> str:
+    return expected_key_id(bytes.fromhex(hex_key))
+
+
+def test_file_with_several_keys_and_comments(tmp_path: Path) -> None:
+    path = write_key_file(tmp_path, f"# rotated 2027-01\n{SECRET_HEX}\n\n{OTHER_HEX}  # new\n")
+    keyring = load_keyring({MASTER_KEY_FILE_ENV: str(path), CURRENT_KEY_ID_ENV: _id(OTHER_HEX)})
+    assert keyring.ids == [_id(SECRET_HEX), _id(OTHER_HEX)]
+    assert keyring.current.secret == bytes.fromhex(OTHER_HEX)
+    assert keyring.select(_id(SECRET_HEX)).secret == bytes.fromhex(SECRET_HEX)  # a contract pinned to the old key
+
+
+def test_several_files_joined_by_path_separator(tmp_path: Path) -> None:
+    old = write_key_file(tmp_path, SECRET_HEX, name="old.key")
+    new = write_key_file(tmp_path, OTHER_HEX, name="new.key")
+    source = default_key_source({MASTER_KEY_FILE_ENV: f"{old}{os.pathsep}{new}"})
+    assert isinstance(source, FileKeySource)
+    keyring = source.load()
+    assert set(keyring.ids) == {_id(SECRET_HEX), _id(OTHER_HEX)}
+    assert str(old) in keyring.source and str(new) in keyring.source
+
+
+def test_several_keys_without_a_current_one_refuse_unpinned_runs(tmp_path: Path) -> None:
+    path = write_key_file(tmp_path, f"{SECRET_HEX}\n{OTHER_HEX}\n")
+    keyring = load_keyring({MASTER_KEY_FILE_ENV: str(path)})
+    with pytest.raises(KeyError_) as info:
+        keyring.select(None)
+    text = str(info.value)
+    assert CURRENT_KEY_ID_ENV in text and str(path) in text and _id(SECRET_HEX) in text
+    _assert_no_secret(info.value)
+    _assert_no_secret(info.value, OTHER_HEX)
+    assert keyring.select(_id(OTHER_HEX)).secret == bytes.fromhex(OTHER_HEX)
+
+
+def test_pinned_key_missing_names_the_source_and_the_ids(tmp_path: Path) -> None:
+    path = write_key_file(tmp_path, SECRET_HEX)
+    with pytest.raises(KeyError_) as info:
+        resolve_master_key(FileKeySource((path,), {}), _id(OTHER_HEX))
+    text = str(info.value)
+    assert _id(OTHER_HEX) in text and _id(SECRET_HEX) in text and str(path) in text and "key_id" in text
+    _assert_no_secret(info.value)
+
+
+def test_current_key_id_must_be_in_the_ring_and_well_formed() -> None:
+    with pytest.raises(KeyError_, match="not among the master keys"):
+        EnvKeySource({MASTER_KEY_ENV: SECRET_HEX, CURRENT_KEY_ID_ENV: _id(OTHER_HEX)}).load()
+    with pytest.raises(KeyError_, match="not a key id"):
+        EnvKeySource({MASTER_KEY_ENV: SECRET_HEX, CURRENT_KEY_ID_ENV: "yesterday's"}).load()
+
+
+def test_environment_with_several_keys_names_the_bad_one_by_position_only() -> None:
+    with pytest.raises(KeyError_) as info:
+        EnvKeySource({MASTER_KEY_ENV: f"{SECRET_HEX},{OTHER_HEX[:-2]}zz"}).load()
+    text = str(info.value)
+    assert "key 2 of 2" in text and MASTER_KEY_ENV in text and "malformed" in text
+    _assert_no_secret(info.value)
+    _assert_no_secret(info.value, OTHER_HEX)
+
+
+@pytest.mark.parametrize(("env", "fragment"), [
+    ({}, "no master key configured"),
+    ({MASTER_KEY_ENV: "   "}, "environment variable CONTRACT_EXTRACTS_MASTER_KEY holds no master key"),
+    ({MASTER_KEY_ENV: "# only a comment"}, "holds no master key"),
+])
+def test_missing_keys_are_clear(env: dict, fragment: str) -> None:
+    with pytest.raises(KeyError_, match=fragment):
+        resolve_master_key(default_key_source(env))
+
+
+def test_wrong_permissions_name_the_file_not_the_key(tmp_path: Path) -> None:
+    good = write_key_file(tmp_path, SECRET_HEX, name="good.key")
+    loose = write_key_file(tmp_path, OTHER_HEX, mode=0o640, name="loose.key")
+    with pytest.raises(KeyError_) as info:
+        FileKeySource((good, loose), {}).load()
+    assert str(loose) in str(info.value) and "chmod 600" in str(info.value)
+    _assert_no_secret(info.value, OTHER_HEX)
+
+
+def test_duplicate_keys_count_once() -> None:
+    assert len(parse_master_keys(f"{SECRET_HEX} {SECRET_HEX}", "test")) == 1
+
+
+def test_fixed_source_and_keyring_repr_hide_keys() -> None:
+    keyring = FixedKeySource((MasterKey(bytes.fromhex(SECRET_HEX), "test"),)).load()
+    assert isinstance(keyring, Keyring)
+    assert SECRET_HEX not in repr(keyring) and SECRET_HEX[:16] not in repr(keyring)
+
+
+def test_linkage_delivery_keeps_the_contract_sample_key() -> None:
+    master = MasterKey(secret=MASTER, source="test")
+    delivery = "20261125T020000Z-1a2b3c4d"
+    per_contract = ContractKeys.for_delivery(master, "C-DEMO-001", "contract", delivery)
+    assert per_contract == ContractKeys.derive(master, "C-DEMO-001", None)
+    per_delivery = ContractKeys.for_delivery(master, "C-DEMO-001", "delivery", delivery)
+    assert per_delivery.pseudonym == expected_contract_key(MASTER, "pseudonym", "C-DEMO-001", delivery)
+    assert per_delivery.dateshift == expected_contract_key(MASTER, "dateshift", "C-DEMO-001", delivery)
+    # The same people every delivery (minimum data), though their pseudonyms are new each time.
+    assert per_delivery.sample == expected_contract_key(MASTER, "sample", "C-DEMO-001")

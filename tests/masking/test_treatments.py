@@ -7,7 +7,17 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from contract_extracts.contracts.treatments import Generalise, Keep, Pseudonymise
+from contract_extracts.contracts.treatments import (
+    BottomCode,
+    DateShift,
+    Generalise,
+    Keep,
+    Pseudonymise,
+    Round,
+    Suppress,
+    TopCode,
+    Unmasked,
+)
 from contract_extracts.core.errors import ContractError
 from contract_extracts.masking.keys import ContractKeys, MasterKey
 from contract_extracts.masking.treatments import describe, mask_batch, output_schema, plan_column
@@ -19,6 +29,18 @@ YEAR = Generalise(treatment="generalise", to="year")
 NINO = Pseudonymise(treatment="pseudonymise", entity="person", canonicalise="nino")
 TEXT = Pseudonymise(treatment="pseudonymise", entity="person", canonicalise="text")
 INTEGER = Pseudonymise(treatment="pseudonymise", entity="claimant", canonicalise="integer")
+QUARTER = Generalise(treatment="generalise", to="quarter")
+AGE = Generalise(treatment="generalise", to="age_band", at=dt.date(2026, 6, 30))
+DISTRICT = Generalise(treatment="generalise", to="district")
+BAND = Generalise(treatment="generalise", to="band", edges=[0, 100])
+MAPPING = Generalise(treatment="generalise", to="mapping", mapping={"UC": "universal credit"})
+ROUND = Round(treatment="round", base=100)
+ROUND_CENTS = Round(treatment="round", base="0.05")
+TOP = TopCode(treatment="top_code", threshold=1000)
+BOTTOM = BottomCode(treatment="bottom_code", threshold=0, value="0.5")
+SHIFT = DateShift(treatment="date_shift", entity="person")
+SUPPRESS = Suppress(treatment="suppress")
+UNMASKED = Unmasked(treatment="unmasked")
 
 KEYS = ContractKeys.derive(MasterKey(secret=MASTER, source="test"), "C-DEMO-001", None)
 PSEUDONYM_KEY = expected_contract_key(MASTER, "pseudonym", "C-DEMO-001")
@@ -36,13 +58,32 @@ TYPE_ERRORS = {
     "integer-on-float": (INTEGER, pa.float64(), "canonicalise 'integer'"),
     "integer-on-decimal": (INTEGER, pa.decimal128(10, 0), "canonicalise 'integer'"),
     "integer-on-date": (INTEGER, pa.date32(), "canonicalise 'integer'"),
+    "postcode-canonicaliser-on-int": (Pseudonymise(treatment="pseudonymise", entity="address",
+                                                   canonicalise="postcode"), pa.int64(), "canonicalise 'postcode'"),
+    "quarter-of-string": (QUARTER, pa.string(), "generalise to 'quarter'"),
+    "age-band-of-int": (AGE, pa.int64(), "generalise to 'age_band'"),
+    "district-of-int": (DISTRICT, pa.int64(), "generalise to 'district'"),
+    "district-of-date": (DISTRICT, pa.date32(), "generalise to 'district'"),
+    "band-of-string": (BAND, pa.string(), "generalise to 'band'"),
+    "band-of-date": (BAND, pa.date32(), "generalise to 'band'"),
+    "mapping-of-date": (MAPPING, pa.date32(), "generalise to 'mapping'"),
+    "mapping-of-float": (MAPPING, pa.float64(), "generalise to 'mapping'"),
+    "round-of-string": (ROUND, pa.string(), "round needs a numeric column"),
+    "round-of-date": (ROUND, pa.date32(), "round needs a numeric column"),
+    "round-cents-of-int": (ROUND_CENTS, pa.int64(), "base 0.05 cannot be held"),
+    "round-cents-of-decimal-scale-1": (ROUND_CENTS, pa.decimal128(8, 1), "base 0.05 cannot be held"),
+    "top-code-of-string": (TOP, pa.string(), "top_code needs a numeric column"),
+    "bottom-code-half-of-int": (BOTTOM, pa.int32(), "coded value 0.5 cannot be held"),
+    "date-shift-of-string": (SHIFT, pa.string(), "date_shift needs a date or timestamp column"),
+    "date-shift-of-int": (SHIFT, pa.int64(), "date_shift needs a date or timestamp column"),
 }
 
 
 @pytest.mark.parametrize(("treatment", "source_type", "fragment"), TYPE_ERRORS.values(), ids=TYPE_ERRORS.keys())
 def test_plan_column_refuses_type_mismatch(treatment, source_type: pa.DataType, fragment: str) -> None:
     with pytest.raises(ContractError) as info:
-        plan_column("claimants", "col", treatment, source_type, False, file="configs/contracts/C-X.yaml")
+        plan_column("claimants", "col", treatment, source_type, False, file="configs/contracts/C-X.yaml",
+                    by="nino", by_canonicaliser="nino")
     text = str(info.value)
     assert fragment in text
     assert "configs/contracts/C-X.yaml" in text
@@ -63,12 +104,23 @@ PLANS_OK = {
     "integer-on-string": (INTEGER, pa.string(), pa.string()),
     "keep-decimal": (KEEP, pa.decimal128(10, 2), pa.decimal128(10, 2)),
     "keep-string": (KEEP, pa.string(), pa.string()),
+    "quarter-of-date": (QUARTER, pa.date32(), pa.string()),
+    "age-band-of-timestamp": (AGE, pa.timestamp("us"), pa.string()),
+    "district-of-string": (DISTRICT, pa.string(), pa.string()),
+    "band-of-decimal": (BAND, pa.decimal128(8, 2), pa.string()),
+    "mapping-of-int": (MAPPING, pa.int64(), pa.string()),
+    "round-keeps-decimal": (ROUND_CENTS, pa.decimal128(8, 2), pa.decimal128(8, 2)),
+    "round-keeps-int": (ROUND, pa.int32(), pa.int32()),
+    "top-code-keeps-float": (TOP, pa.float64(), pa.float64()),
+    "date-shift-keeps-timestamp-tz": (SHIFT, pa.timestamp("us", tz="UTC"), pa.timestamp("us", tz="UTC")),
+    "suppress-keeps-type": (SUPPRESS, pa.decimal128(8, 2), pa.decimal128(8, 2)),
+    "unmasked-keeps-type": (UNMASKED, pa.string(), pa.string()),
 }
 
 
 @pytest.mark.parametrize(("treatment", "source_type", "output_type"), PLANS_OK.values(), ids=PLANS_OK.keys())
 def test_plan_column_output_types(treatment, source_type: pa.DataType, output_type: pa.DataType) -> None:
-    plan = plan_column("claimants", "col", treatment, source_type, True)
+    plan = plan_column("claimants", "col", treatment, source_type, True, by="nino", by_canonicaliser="nino")
     assert plan.output_type == output_type
     assert plan.source_type == source_type
     assert plan.is_pseudonym == isinstance(treatment, Pseudonymise)

@@ -51,3 +51,33 @@ def expected_contract_key(master: bytes, purpose: str, contract_id: str, deliver
 
 def expected_pseudonym(key: bytes, entity: str, canonical: str) -> str:
     return hmac.new(key, (entity + "\x00" + canonical).encode(), "sha256").hexdigest()[:32]
+
+
+def entity_input(entity: str, canonical: str) -> bytes:
+    """design.md: input = utf8(e + "\x00" + canonical(v))."""
+    return (entity + "\x00" + canonical).encode("utf-8")
+
+
+def expected_rank(sample_key: bytes, entity: str, canonical: str) -> int:
+    """design.md "Sampling": first 8 bytes of HMAC-SHA256(sample_key, input), big-endian unsigned."""
+    return int.from_bytes(hmac.new(sample_key, entity_input(entity, canonical), hashlib.sha256).digest()[:8], "big")
+
+
+def expected_offset(dateshift_key: bytes, entity: str, canonical: str, max_days: int) -> int:
+    """design.md "Date shifting": u = first 4 bytes big-endian; r = u mod 2m; r-m if r < m else r-m+1."""
+    u = int.from_bytes(hmac.new(dateshift_key, entity_input(entity, canonical), hashlib.sha256).digest()[:4], "big")
+    r = u % (2 * max_days)
+    return r - max_days if r < max_days else r - max_days + 1
+
+
+def expected_sample(sample_key: bytes, entity: str, canonicals, fraction: float | None,
+                    max_records: int | None) -> set[str]:
+    """design.md: keep rank < fraction × 2^64 (exact), then the max_records smallest ranks (bottom-k)."""
+    from fractions import Fraction
+
+    ranked = sorted((expected_rank(sample_key, entity, c), c) for c in set(canonicals))
+    if fraction is not None:
+        ranked = [(r, c) for r, c in ranked if Fraction(r) < Fraction(fraction) * 2**64]
+    if max_records is not None:
+        ranked = ranked[:max_records]
+    return {c for _, c in ranked}

@@ -20,6 +20,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from contract_extracts.audit.ledger import Ledger
+from contract_extracts.authorisation.testing import approve_for_tests
 from contract_extracts.contracts import load_contract
 from contract_extracts.core.errors import (
     AuthorisationError,
@@ -36,8 +37,20 @@ from tests.conftest import Workspace, temporary_database
 PEOPLE = 400
 
 
-def make_pipeline(workspace: Workspace, contract: str, source_url: str, **overrides) -> Pipeline:
+def approve_current(workspace: Workspace, path: Path) -> None:
+    """The gate runs only signed approvals of the current content: approve what the test runs."""
+    try:
+        load_contract(path)
+    except ContractError:
+        return  # an invalid file cannot be approved; its run is blocked at authorise anyway
+    approve_for_tests(workspace.config_dir, workspace.home, [path])
+
+
+def make_pipeline(workspace: Workspace, contract: str, source_url: str, *, approved: bool = True,
+                  **overrides) -> Pipeline:
     path = workspace.contracts_dir / f"{contract}.yaml"
+    if approved:
+        approve_current(workspace, path)
     ctx = RunContext(contract_path=path, settings=load_settings(), actor="pytest",
                      run_key=f"test/{uuid.uuid4()}", run_after=dt.datetime.now(dt.UTC),
                      resolve_connection=lambda _conn_id: make_url(source_url),
@@ -119,8 +132,8 @@ def test_delivers_exactly_the_contract_columns_and_no_raw_identifier(workspace: 
         assert not any(n in content for n in raw)
 
     actions = [a for a, _ in ledger_actions(workspace, pipeline.delivery_id)]
-    assert actions == ["run_started", "extract_done", "validation_passed", "delivered", "run_completed",
-                       "staging_removed"]
+    assert actions == ["run_started", "authorised", "extract_done", "validation_passed", "delivered",
+                       "run_completed", "staging_removed"]
 
 
 def test_pseudonyms_join_across_datasets_of_one_contract(workspace: Workspace, sqlite_source: str,

@@ -14,8 +14,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, task, teardown
+from airflow.sdk import DAG, Param, task, teardown
 
+from contract_extracts.airflow_glue.alerts import failure_callback
 from contract_extracts.contracts.loading import discover_contract_files, load_contract
 from contract_extracts.contracts.model import Contract
 from contract_extracts.core.errors import ConfigError, ContractExtractsError
@@ -28,6 +29,44 @@ DEFAULT_ARGS = {
     "retry_delay": dt.timedelta(minutes=2),
     "retry_exponential_backoff": True,
 }
+
+# Manual deliveries say what they are for: both go into the run_started ledger record (value-free,
+# length-bounded, validated by JSON schema in the trigger form and again when the run starts).
+REFERENCE_MAX, REASON_MAX = 64, 200
+DELIVERY_PARAMS = {
+    "delivery_reference": {
+        "type": ["null", "string"], "maxLength": REFERENCE_MAX,
+        "pattern": r"^([A-Za-z0-9][A-Za-z0-9._/:-]*)?$",
+        "title": "Delivery reference",
+        "description": "Ticket or request id of this delivery, e.g. REQ-2026-0142 (letters, digits, . _ / : -). "
+                       "Recorded in the audit ledger.",
+    },
+    "reason": {
+        "type": ["null", "string"], "maxLength": REASON_MAX, "pattern": r"^[^\x00-\x1f\x7f]*$",
+        "title": "Reason",
+        "description": f"Why this delivery is made, at most {REASON_MAX} characters. Recorded in the audit ledger: "
+                       "never write personal data here.",
+    },
+}
+
+
+def _delivery_params() -> dict[str, Param]:
+    return {name: Param(None, **dict(schema)) for name, schema in DELIVERY_PARAMS.items()}
+
+
+def trigger_params(params: Any) -> dict[str, str]:
+    """The manual-delivery params worth recording: printable, trimmed, bounded; unset ones are left out."""
+    out: dict[str, str] = {}
+    for name, limit in (("delivery_reference", REFERENCE_MAX), ("reason", REASON_MAX)):
+        try:
+            value = params.get(name) if params is not None else None
+        except Exception:
+            value = None
+        if isinstance(value, str):
+            value = "".join(ch for ch in value if ch.isprintable()).strip()[:limit]
+            if value:
+                out[name] = value
+    return out
 
 
 def _airflow_connection_url(conn_id: str):
@@ -44,7 +83,35 @@ def _airflow_connection_url(conn_id: str):
     return sqlalchemy_url(conn.get_uri(), conn_id)
 
 
+LEDGER_CONNECTION_ID = "contract_extracts_ledger"
+
+
+def _settings_with_ledger_connection(settings):
+    """Deployments name the ledger database as the Airflow connection ``contract_extracts_ledger``.
+
+    CONTRACT_EXTRACTS_LEDGER_URL, when set, wins; without either the local SQLite default is used
+    (fine for one machine; a distributed deployment must configure one shared ledger).
+    """
+    import dataclasses
+    import os
+
+    if os.environ.get("CONTRACT_EXTRACTS_LEDGER_URL"):
+        return settings
+    from airflow.sdk import Connection
+
+    from contract_extracts.core.connections import sqlalchemy_url
+
+    try:
+        conn = Connection.get(LEDGER_CONNECTION_ID)
+    except Exception:
+        return settings
+    url = sqlalchemy_url(conn.get_uri(), LEDGER_CONNECTION_ID)
+    return dataclasses.replace(settings, ledger_url=url.render_as_string(hide_password=False))
+
+
 def _pipeline(contract_path: Path, context: dict[str, Any]):
+    from contract_extracts.airflow_glue.secrets import airflow_key_source
+    from contract_extracts.airflow_glue.transports import airflow_sftp_endpoint
     from contract_extracts.core.settings import load_settings
     from contract_extracts.pipeline.stages import Pipeline, RunContext
 
@@ -52,7 +119,8 @@ def _pipeline(contract_path: Path, context: dict[str, Any]):
     ti = context["ti"]
     run_after = getattr(dag_run, "run_after", None) or getattr(dag_run, "start_date", None) \
         or dt.datetime.now(dt.UTC)
-    run_type = str(getattr(dag_run, "run_type", "") or "")
+    raw_run_type = getattr(dag_run, "run_type", "") or ""
+    run_type = str(getattr(raw_run_type, "value", raw_run_type))  # 'manual', not 'DagRunType.MANUAL'
     user = getattr(dag_run, "triggering_user_name", None)
     actor = user or ("scheduler" if "scheduled" in run_type else "airflow")
     max_tries = getattr(ti, "max_tries", None)
@@ -60,13 +128,17 @@ def _pipeline(contract_path: Path, context: dict[str, Any]):
     final = max_tries is None or try_number > max_tries
     ctx = RunContext(
         contract_path=contract_path,
-        settings=load_settings(),
+        settings=_settings_with_ledger_connection(load_settings()),
         actor=actor,
         run_key=f"{dag_run.dag_id}/{dag_run.run_id}",
         run_after=run_after,
         resolve_connection=_airflow_connection_url,
+        resolve_sftp=airflow_sftp_endpoint,
+        key_source=airflow_key_source(),  # masks the master keys before the stage logs
         trigger={"system": "airflow", "dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
-                 "run_type": run_type, "try_number": try_number},
+                 "run_type": run_type, "try_number": try_number,
+                 **trigger_params(context.get("params")),
+                 **({"worker": str(ti.hostname)[:100]} if getattr(ti, "hostname", None) else {})},
         final_attempt=final,
     )
     return Pipeline(ctx)
@@ -103,7 +175,11 @@ def render_doc(contract: Contract, contract_path: Path) -> str:
         "",
         "**Recipients:** " + ", ".join(r.name for r in contract.recipients),
         "",
-        f"Contract file: `{contract_path.name}`",
+        f"Contract file: `{contract_path.name}`. Deliveries, approvals, blocked runs and the audit ledger: "
+        "[Contract deliveries](/plugin/contract-deliveries) in the navigation.",
+        "",
+        "Manual deliveries: give a *delivery reference* and a *reason* in the trigger form; both are recorded "
+        "in the audit ledger (never personal data).",
         "",
     ]
     for ds in contract.datasets:
@@ -132,7 +208,8 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=tags,
-        default_args=DEFAULT_ARGS,
+        default_args={**DEFAULT_ARGS, "on_failure_callback": failure_callback(contract.contract)},
+        params=_delivery_params(),
         doc_md=render_doc(contract, contract_path),
     ) as dag:
 
@@ -143,6 +220,10 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
         @task(task_id="extract")
         def extract(**context: Any) -> dict:
             return _call_stage(contract_path, "extract", context)
+
+        @task(task_id="disclosure")
+        def disclosure(**context: Any) -> dict:
+            return _call_stage(contract_path, "disclosure", context)
 
         @task(task_id="validate")
         def validate(**context: Any) -> dict:
@@ -165,7 +246,7 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
             pipeline = _pipeline(contract_path, context)
             return pipeline.cleanup()
 
-        chain = [authorise(), extract(), validate(), package(), deliver(), record()]
+        chain = [authorise(), extract(), disclosure(), validate(), package(), deliver(), record()]
         for upstream, downstream in itertools.pairwise(chain):
             upstream >> downstream
         chain[-1] >> cleanup_staging()

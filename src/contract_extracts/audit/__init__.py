@@ -1,7 +1,12 @@
-"""Audit: the append-only, hash-chained ledger every stage reports to (design.md "Audit ledger")."""
+"""Audit: the append-only, hash-chained ledger every stage reports to (design.md "Audit ledger").
+
+``ledger`` (append, verify, query), ``keys`` (keyed mode, opening the configured ledger),
+``checkpoint`` (signed heads kept elsewhere), ``export`` (JSON Lines / CSV, recorded as an access).
+"""
 
 from contract_extracts.audit.ledger import (
     GENESIS,
+    Anchor,
     Ledger,
     LedgerRecord,
     VerifyResult,
@@ -10,4 +15,5 @@ from contract_extracts.audit.ledger import (
     record_body,
 )
 
-__all__ = ["GENESIS", "Ledger", "LedgerRecord", "VerifyResult", "canonical_json", "chain_hash", "record_body"]
+__all__ = ["GENESIS", "Anchor", "Ledger", "LedgerRecord", "VerifyResult", "canonical_json", "chain_hash",
+           "record_body"]

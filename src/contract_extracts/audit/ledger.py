@@ -24,7 +24,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -55,6 +55,7 @@ from contract_extracts.core.errors import LedgerError
 
 __all__ = [
     "GENESIS",
+    "Anchor",
     "Ledger",
     "LedgerRecord",
     "VerifyResult",
@@ -140,6 +141,19 @@ class LedgerRecord:
     def details_obj(self) -> dict:
         """Parse ``details``; kept as text in the record because the text is what was hashed."""
         return json.loads(self.details)
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A (seq, hash) the ledger must still contain, e.g. a signed checkpoint of an earlier head.
+
+    ``label`` names it in reasons (the checkpoint file, say). An anchor beyond the last record means the
+    ledger was truncated; a different stored hash at its seq means it was rewritten up to there.
+    """
+
+    seq: int
+    hash: str
+    label: str = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -429,10 +443,30 @@ class Ledger:
 
     def _head_row(self, conn: Connection, *, for_update: bool = False) -> Any:
         t = self._table
-        stmt = select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)
+        stmt = select(t).order_by(t.c.seq.desc()).limit(1)
         if for_update:
             stmt = stmt.with_for_update()
         return conn.execute(stmt).first()
+
+    def _check_head(self, head: Any) -> None:
+        """Refuse to extend a head whose hash this ledger's mode cannot reproduce.
+
+        This catches a writer configured without the ledger key (or with another one) before it forks a
+        keyed chain into an unverifiable one, and a forged head record. Costs one hash per append.
+        """
+        try:
+            body = record_body(int(head.seq), head.at, head.actor, head.action, head.contract, head.delivery,
+                               head.details)
+            ok = isinstance(head.hash, str) and hmac.compare_digest(head.hash, chain_hash(head.prev_hash, body,
+                                                                                          self._key))
+        except (LedgerError, UnicodeEncodeError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            mode = "keyed (HMAC with this ledger key)" if self._key is not None else "unkeyed (SHA-256)"
+            raise LedgerError(f"audit ledger at {self._safe}: refusing to append: the head record {int(head.seq)} "
+                              f"does not verify in {mode} mode. Either this process has the wrong ledger key "
+                              "setting (every writer must use the same key, or none), or the head was altered; "
+                              "run 'contract-extracts audit verify'")
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -471,6 +505,8 @@ class Ledger:
             with conn.begin():
                 self._lock_for_append(conn)
                 head = self._head_row(conn, for_update=self._backend not in ("sqlite", "postgresql"))
+                if head is not None:
+                    self._check_head(head)
                 seq = 1 if head is None else int(head.seq) + 1
                 prev_hash = GENESIS if head is None else head.hash
                 at = _utc_now_text()
@@ -547,15 +583,33 @@ class Ledger:
                 return
             last = rows[-1].seq
 
-    def verify(self) -> VerifyResult:
+    @property
+    def location(self) -> str:
+        """The database URL with the password hidden (safe for messages and checkpoint files)."""
+        return self._safe
+
+    @property
+    def table(self) -> str:
+        return self._table_name
+
+    @property
+    def keyed(self) -> bool:
+        """True when hashes are HMAC-SHA256 with a ledger key."""
+        return self._key is not None
+
+    def verify(self, *, anchors: Sequence[Anchor] = ()) -> VerifyResult:
         """Recompute the whole chain from the table alone and name the first broken record.
 
         Detects edited fields (hash mismatch), deleted records (seq gaps, or a first seq other than 1),
         inserted or reordered records (prev_hash mismatch) and non-canonical details text. Removing
-        records from the *end* is not detectable from the table alone: that needs an external
-        checkpoint of the head.
+        records from the *end*, or rewriting the whole table with a recomputed chain (unkeyed mode), is
+        not detectable from the table alone: ``anchors`` (signed checkpoints of earlier heads, kept
+        elsewhere) catch both.
         """
         self._check_open()
+        by_seq: dict[int, list[Anchor]] = {}
+        for anchor in anchors:
+            by_seq.setdefault(int(anchor.seq), []).append(anchor)
         count = 0
         head_seq, head_hash = 0, GENESIS
         expected_seq, expected_prev = 1, GENESIS
@@ -568,9 +622,24 @@ class Ledger:
                 if broken is not None:
                     continue  # past the first break only count and track the head
                 broken, reason = self._check_row(row, expected_seq, expected_prev)
+                if broken is None:
+                    for anchor in by_seq.get(int(row.seq), ()):
+                        if not hmac.compare_digest(str(row.hash), str(anchor.hash)):
+                            broken = int(row.seq)
+                            reason = (f"record {broken}: hash differs from {anchor.label} (this record or an "
+                                      "earlier one was rewritten)")
+                            break
                 expected_seq, expected_prev = int(row.seq) + 1, row.hash
         except SQLAlchemyError as exc:
             raise self._fail("reading records for verification", exc) from None
+        beyond = sorted((a for a in anchors if int(a.seq) > head_seq), key=lambda a: int(a.seq))
+        if broken is None and beyond:
+            last = beyond[-1]
+            broken = head_seq + 1
+            missing = (f"record {broken} is missing" if int(last.seq) == broken
+                       else f"records {broken} to {int(last.seq)} are missing")
+            reason = (f"{missing}: the ledger ends at record {head_seq}, but {last.label} recorded head "
+                      f"{int(last.seq)} (the ledger was truncated)")
         return VerifyResult(ok=broken is None, records=count, head_seq=head_seq, head_hash=head_hash,
                             first_broken_seq=broken, reason=reason)
 

@@ -11,12 +11,12 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from contract_extracts.contracts.base import COLUMN as COLUMN
 from contract_extracts.contracts.base import CONN_ID, CONTRACT_ID, NAME, TABLE, Strict
 from contract_extracts.contracts.delivery import Delivery, Recipient
-from contract_extracts.contracts.disclosure import Disclosure, Unmasked
+from contract_extracts.contracts.disclosure import Aggregate, Disclosure, Unmasked, check_disclosure
 from contract_extracts.contracts.extraction import Incremental, Partition
 from contract_extracts.contracts.treatments import (
     TREATMENT_NAMES,
@@ -125,6 +125,8 @@ class Contract(Strict):
     sample: Sample | None = None
     datasets: list[Dataset] = Field(min_length=1)
     disclosure: Disclosure | None = None
+    aggregates: list[Aggregate] | None = None  # tables with disclosure control (docs/disclosure.md)
+    microdata: bool | None = None  # false: deliver only the aggregate tables
     unmasked: list[Unmasked] = Field(default_factory=list)
     recipients: list[Recipient] = Field(min_length=1)
     delivery: Delivery = Field(default_factory=Delivery)
@@ -154,16 +156,20 @@ class Contract(Strict):
         keys = [r.public_key for r in self.recipients]
         if len(set(keys)) != len(keys):
             raise ValueError("two recipients share one key")
+        if len({r.format for r in self.recipients}) > 1:
+            raise ValueError("recipients mix age/ssh keys with OpenPGP keys; one delivery is one package in one "
+                             "format (docs/delivery.md): give all recipients age/ssh keys or all OpenPGP keys")
         by_name = {d.name: d for d in self.datasets}
         for item in self.unmasked:
             if item.dataset not in by_name or item.column not in by_name[item.dataset].columns:
                 raise ValueError(f"unmasked column {item.dataset}.{item.column} is not a listed column")
-        if self.disclosure:
-            listed = {c for d in self.datasets for c in d.columns}
-            unknown = [c for c in self.disclosure.quasi_identifiers if c not in listed]
-            if unknown:
-                raise ValueError(f"disclosure.quasi_identifiers names unlisted columns: {', '.join(unknown)}")
+        check_disclosure(self)  # key variables, sensitive attributes, aggregates (names the key)
         return self
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> dict[str, Any]:
+        # Unset output options stay out of the canonical form: older contracts keep their content hash.
+        return {k: v for k, v in handler(self).items() if not (k in ("aggregates", "microdata") and v is None)}
 
     # ---- derived names ---------------------------------------------------------------------
     @property

@@ -8,6 +8,7 @@ CONTRACT_EXTRACTS_STAGING_DIR  private plaintext staging root (default $HOME/sta
 CONTRACT_EXTRACTS_DROP_DIR     local drop folder root (default $HOME/drop)
 CONTRACT_EXTRACTS_LEDGER_URL   SQLAlchemy URL of the audit ledger (default sqlite:///$HOME/ledger.sqlite)
 CONTRACT_EXTRACTS_BATCH_ROWS   rows per Arrow record batch (default 65536)
+CONTRACT_EXTRACTS_LEDGER_KEY_FILE  0600 file with the ledger's HMAC key (keyed mode; see contract_extracts.audit.keys)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Settings:
     drop_dir: Path
     ledger_url: str
     batch_rows: int
+    ledger_key_file: Path | None = None
 
     @property
     def contracts_dir(self) -> Path:
@@ -48,5 +50,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     except ValueError:
         raise ConfigError("must be a positive whole number", key="CONTRACT_EXTRACTS_BATCH_ROWS",
                           fix="set it to e.g. 65536 or unset it") from None
+    ledger_key_file = env.get("CONTRACT_EXTRACTS_LEDGER_KEY_FILE")
     return Settings(home=home, config_dir=config_dir, staging_dir=staging, drop_dir=drop,
-                    ledger_url=ledger_url, batch_rows=batch_rows)
+                    ledger_url=ledger_url, batch_rows=batch_rows,
+                    ledger_key_file=Path(ledger_key_file).absolute() if ledger_key_file else None)

@@ -1,10 +1,12 @@
-"""Build the package a contractor receives (format v1, docs/formats.md).
+"""Build the package a contractor receives (format v1, docs/formats.md, docs/delivery.md).
 
-``<contract>_<delivery>.tar.age``: a tar holding ``manifest.json``, ``manifest.sig`` (Ed25519 over the
-manifest bytes), ``codebook.md`` and ``data/<dataset>.parquet``, encrypted with age to every recipient
-of the contract. The plaintext tar exists only inside the private staging folder and is removed as
-soon as the encrypted file is written; encryption streams (pyrage ``encrypt_file``), so memory does
-not grow with the package.
+``<contract>_<delivery>.tar.age`` (or ``.tar.gpg`` for OpenPGP recipients): a tar holding
+``manifest.json``, ``manifest.sig`` (Ed25519 over the manifest bytes), optionally ``manifest.sshsig``
+(the same key, OpenSSH SSHSIG format), ``codebook.md``, ``data/<dataset>.parquet`` and ``SHA256SUMS``
+(``sha256sum -c`` format, itself listed in the signed manifest), encrypted to every recipient of the
+contract in one pass. The plaintext tar exists only inside the private staging folder and is removed
+as soon as the encrypted file is written; encryption streams (pyrage ``encrypt_file``, gpg reading a
+file), so memory does not grow with the package.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +25,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract_extracts.core.errors import DeliveryError
 from contract_extracts.delivery.recipients import parse_recipients
+from contract_extracts.delivery.signing import SSHSIG_NAMESPACE, ssh_sign
 
 PACKAGE_FORMAT = "contract-extracts/package/v1"
 CHUNK = 1 << 20
+CHECKSUMS = "SHA256SUMS"
+SUFFIXES = {"age": ".tar.age", "openpgp": ".tar.gpg"}
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,8 @@ class BuiltPackage:
     manifest_sha256: str
 
 
-def package_name(contract_id: str, delivery_id: str) -> str:
-    return f"{contract_id}_{delivery_id}.tar.age"
+def package_name(contract_id: str, delivery_id: str, fmt: str = "age") -> str:
+    return f"{contract_id}_{delivery_id}{SUFFIXES[fmt]}"
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -73,30 +79,72 @@ def file_entries(files: list[PackageFile]) -> list[dict]:
     return entries
 
 
+def checksums_file(staging_dir: Path, files: list[PackageFile]) -> PackageFile:
+    """Write ``SHA256SUMS`` (``sha256sum -c`` format) for ``files`` and return it as a package file.
+
+    It goes into the manifest's file list like any other file, so the signature covers it.
+    """
+    lines = []
+    for f in files:
+        if any(c in f.arcname for c in "\n\\"):  # pragma: no cover - arcnames are our own safe names
+            raise DeliveryError(f"file name {f.arcname!r} cannot be listed in {CHECKSUMS}")
+        lines.append(f"{sha256_file(f.path)[0]}  {f.arcname}\n")
+    path = staging_dir / CHECKSUMS
+    path.write_text("".join(lines), encoding="utf-8")
+    return PackageFile(arcname=CHECKSUMS, path=path)
+
+
 def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+Encryptor = Callable[[Path, Path], None]
+"""``encrypt(plain_tar, out_path)``: writes the encrypted package (age by default, OpenPGP for gpg)."""
+
+
+def age_encryptor(recipients: list[str]) -> Encryptor:
+    parsed = parse_recipients(recipients)
+
+    def encrypt(plain: Path, out: Path) -> None:
+        try:
+            pyrage.encrypt_file(str(plain), str(out), parsed)
+        except pyrage.EncryptError:
+            raise DeliveryError("age encryption failed") from None
+    return encrypt
+
+
 def build_package(*, staging_dir: Path, name: str, manifest: dict, files: list[PackageFile],
-                  signing_key: Ed25519PrivateKey, recipients: list[str], created_epoch: int) -> BuiltPackage:
-    """Write ``staging_dir/name`` (encrypted). ``manifest`` must already list ``files`` (file_entries)."""
+                  signing_key: Ed25519PrivateKey, recipients: list[str] | None = None, created_epoch: int,
+                  encrypt: Encryptor | None = None, ssh_signature: bool = False) -> BuiltPackage:
+    """Write ``staging_dir/name`` (encrypted). ``manifest`` must already list ``files`` (file_entries).
+
+    ``recipients`` are age keys (``age1…`` or OpenSSH lines) unless ``encrypt`` is given.
+    ``ssh_signature`` adds ``manifest.sshsig`` beside ``manifest.sig``.
+    """
+    if encrypt is None:
+        if not recipients:
+            raise DeliveryError("a package needs at least one recipient")
+        encrypt = age_encryptor(recipients)
     body = manifest_bytes(manifest)
     signature = signing_key.sign(body)
-    tar_path = staging_dir / (name.removesuffix(".age") + ".plain")
+    tar_path = staging_dir / f".{name}.plain"
     out_path = staging_dir / name
     try:
         with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, "manifest.json", body, created_epoch)
             _add_bytes(tar, "manifest.sig", signature, created_epoch)
+            if ssh_signature:
+                _add_bytes(tar, "manifest.sshsig", ssh_sign(signing_key, body, SSHSIG_NAMESPACE), created_epoch)
             for f in files:
                 info = tar.gettarinfo(str(f.path), arcname=f.arcname)
                 _normalise(info, created_epoch)
                 with f.path.open("rb") as fh:
                     tar.addfile(info, fh)
         try:
-            pyrage.encrypt_file(str(tar_path), str(out_path), parse_recipients(recipients))
-        except pyrage.EncryptError:
-            raise DeliveryError("age encryption failed") from None
+            encrypt(tar_path, out_path)
+        except BaseException:
+            out_path.unlink(missing_ok=True)
+            raise
         with out_path.open("rb") as fh:
             os.fsync(fh.fileno())
     finally:

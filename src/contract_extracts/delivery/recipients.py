@@ -1,19 +1,66 @@
-"""age recipients and identities (X25519), through pyrage."""
+"""Recipients and identities: age X25519, OpenSSH keys (as age recipients, through pyrage.ssh), OpenPGP.
+
+Fingerprints written to the manifest and the ledger:
+
+- age:     ``age:`` + first 32 hex of SHA-256 of the ``age1…`` string (unchanged from v1);
+- ssh:     ``ssh:SHA256:…``, the fingerprint ``ssh-keygen -lf key.pub`` prints;
+- openpgp: ``openpgp:`` + the primary key's full fingerprint (what the contract pins).
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyrage
 
-from contract_extracts.core.errors import KeyError_, VerificationError
+from contract_extracts.core.errors import ConfigError, KeyError_, VerificationError
 from contract_extracts.masking.keys import write_private_file
+
+if TYPE_CHECKING:
+    from contract_extracts.contracts.delivery import Recipient
+
+_SSH_PRIVATE_HEADERS = ("-----BEGIN OPENSSH PRIVATE KEY-----", "-----BEGIN RSA PRIVATE KEY-----")
 
 
 def recipient_fingerprint(public_key: str) -> str:
+    """Fingerprint of an age X25519 public key (format v1)."""
     return "age:" + hashlib.sha256(public_key.encode("ascii")).hexdigest()[:32]
+
+
+def ssh_fingerprint(public_line: str) -> str:
+    """``ssh:SHA256:<base64>`` as ``ssh-keygen -l`` prints it (without padding)."""
+    blob = base64.b64decode(public_line.split()[1])
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
+    return f"ssh:SHA256:{digest}"
+
+
+def fingerprint_of(recipient: Recipient) -> str:
+    """The fingerprint of a contract recipient, for the manifest and the ledger."""
+    if recipient.kind == "age":
+        return recipient_fingerprint(recipient.age or "")
+    if recipient.kind == "ssh":
+        return ssh_fingerprint(recipient.ssh or "")
+    return f"openpgp:{recipient.fingerprint}"
+
+
+def manifest_recipients(recipients: Iterable[Recipient]) -> list[dict]:
+    return [{"name": r.name, "fingerprint": fingerprint_of(r)} for r in recipients]
+
+
+def package_format(recipients: Iterable[Recipient]) -> str:
+    """``age`` or ``openpgp``: the one format every recipient of a contract can read."""
+    formats = {r.format for r in recipients}
+    if len(formats) != 1:
+        raise ConfigError("mixes age/ssh recipients with OpenPGP recipients; one delivery is one package in "
+                          "one format", key="recipients",
+                          fix="give every recipient an age or ssh key, or every recipient an OpenPGP key "
+                              "(split the contract if two formats are really needed)")
+    return formats.pop()
 
 
 def new_identity_file(path: Path) -> str:
@@ -27,13 +74,21 @@ def new_identity_file(path: Path) -> str:
 
 
 def load_identities(path: Path) -> list:
-    """Read an age identity file (age-keygen format: comments and AGE-SECRET-KEY-1… lines)."""
+    """Read an age identity file (age-keygen format) or an unencrypted OpenSSH private key (ed25519, rsa)."""
     try:
-        lines = path.read_text(encoding="ascii").splitlines()
+        raw = path.read_bytes()
+        text = raw.decode("ascii")
     except (OSError, UnicodeDecodeError):
         raise VerificationError(f"identity file {path} cannot be read") from None
+    if text.lstrip().startswith(_SSH_PRIVATE_HEADERS):
+        try:
+            return [pyrage.ssh.Identity.from_buffer(raw)]
+        except Exception:
+            raise VerificationError(f"identity file {path} is an SSH private key that age cannot use "
+                                    "(passphrase-protected keys are not supported: decrypt with the age "
+                                    "CLI, which asks for the passphrase)") from None
     identities = []
-    for line in lines:
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -47,7 +102,18 @@ def load_identities(path: Path) -> list:
 
 
 def parse_recipients(keys: list[str]) -> list:
-    try:
-        return [pyrage.x25519.Recipient.from_str(k) for k in keys]
-    except Exception:
-        raise KeyError_("a recipient key is not a valid age X25519 public key") from None
+    """age recipients from key strings: ``age1…`` (X25519) or OpenSSH public key lines."""
+    out = []
+    for key in keys:
+        try:
+            if key.startswith("ssh-"):
+                out.append(pyrage.ssh.Recipient.from_str(key))
+            else:
+                out.append(pyrage.x25519.Recipient.from_str(key))
+        except Exception:
+            raise KeyError_("a recipient key is not a valid age X25519 or OpenSSH public key") from None
+    return out
+
+
+def age_recipient_keys(recipients: Iterable[Recipient]) -> list[str]:
+    return [r.age if r.kind == "age" else (r.ssh or "") for r in recipients if r.format == "age"]

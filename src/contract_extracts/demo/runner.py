@@ -5,6 +5,8 @@ Everything lives in the state folder ($CONTRACT_EXTRACTS_HOME, default ./.state)
     demo/claims.sqlite                        the synthetic source
     demo/identities/<recipient>.txt           each demo contractor's age identity (0600)
     demo/configs/contracts/*.yaml             the demo contracts with those identities as recipients
+    keys/demo-approver (0600), .pub           the demo approver's OpenSSH Ed25519 key
+    demo/configs/approvers.yaml               the approver registry with the demo approver's public key
     airflow/                                  AIRFLOW_HOME (SQLite metadata)
     drop/<contractor>/                        delivered packages
     ledger.sqlite                             the audit ledger
@@ -86,6 +88,64 @@ def render_demo_contracts(template_dir: Path, out_dir: Path, identities_dir: Pat
     return rendered
 
 
+DEMO_APPROVER = "demo-approver"
+
+
+def render_demo_approvers(template: Path, out: Path, keys_dir: Path) -> Path:
+    """Copy the approver registry, with the demo approver's key generated locally (private half 0600 in keys/).
+
+    Other entries are copied with their key files inlined, so the rendered registry stands alone.
+    """
+    import yaml
+
+    from contract_extracts.authorisation.registry import load_registry
+    from contract_extracts.authorisation.sshsig import ApproverKey, load_private_key, new_approver_key
+
+    private = keys_dir / DEMO_APPROVER
+    if not private.exists():
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        new_approver_key(private, keys_dir / f"{DEMO_APPROVER}.pub", f"{DEMO_APPROVER} (make demo)")
+    demo_key = ApproverKey(load_private_key(private).public_key())
+    entries = []
+    for approver in load_registry(template).approvers:
+        key = demo_key if approver.name == DEMO_APPROVER else approver.key
+        entries.append({"name": approver.name, "role": approver.role, "key": f"{key.openssh} {approver.name}"})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# Rendered by `make demo` from configs/approvers.yaml: {DEMO_APPROVER}'s key is the one in\n"
+              f"# {private}.pub. Public keys only. Edit the template, not this file.\n")
+    out.write_text(header + yaml.safe_dump({"approvers": entries}, sort_keys=False), encoding="utf-8")
+    load_registry(out)
+    return private
+
+
+def approve_demo_contracts(contracts: list[Path], registry_file: Path, private: Path, ledger) -> None:
+    """Approve each demo contract's current content as the demo approver, visibly (skip what already counts)."""
+    from contract_extracts.authorisation.approvals import approve, assess
+    from contract_extracts.authorisation.registry import load_registry
+    from contract_extracts.authorisation.sshsig import load_private_key
+
+    registry = load_registry(registry_file)
+    approver = registry.get(DEMO_APPROVER)
+    if approver is None:
+        raise SystemExit(f"{registry_file} lists no {DEMO_APPROVER}; the demo cannot approve its contracts")
+    print(f"approving the demo contracts as {approver.name} ({approver.role_title}, key {approver.fingerprint}; "
+          f"registry {registry_file}) ...", flush=True)
+    key = load_private_key(private)
+    for path in contracts:
+        contract = load_contract(path)
+        counting = [v for v in assess(contract, registry, ledger).counting if v.approver == approver.name]
+        if counting:
+            print(f"  {contract.contract}: content sha256 {counting[0].content_sha256[:16]}… already approved by "
+                  f"{approver.name} (ledger record #{counting[0].seq})")
+            continue
+        record = approve(contract=contract, registry=registry, ledger=ledger, approver=approver.name,
+                         role=approver.role, actor=f"demo:{approver.name}", note="approved by make demo",
+                         private_key=key, contract_file=path)
+        print(f"  {contract.contract}: content sha256 {record.details_obj()['content_sha256'][:16]}… approved by "
+              f"{approver.name} ({approver.role_title}), signature recorded as ledger record #{record.seq}")
+    print(f"  (see: contract-extracts status <contract> with CONTRACT_EXTRACTS_CONFIG_DIR={registry_file.parent})")
+
+
 def _public_key_of(identity: Path) -> str:
     from contract_extracts.delivery.recipients import load_identities
 
@@ -156,6 +216,8 @@ def delivery_summary(ledger, contract_id: str, after_seq: int) -> dict | None:
         details = r.details_obj()
         if r.action == "blocked":
             summary["blocked"] = f"{details.get('stage')}: {details.get('reason')}"
+        elif r.action == "authorised":
+            summary["approvals"] = details.get("approvals", [])
         elif r.action == "extract_done":
             summary["datasets"] = details["datasets"]
         elif r.action == "delivered":
@@ -165,7 +227,7 @@ def delivery_summary(ledger, contract_id: str, after_seq: int) -> dict | None:
 
 
 def run_demo(people: int = 100_000) -> int:
-    from contract_extracts.audit.ledger import Ledger
+    from contract_extracts.audit.keys import open_ledger
     from contract_extracts.demo.synthetic import write_demo_source
 
     root = repo_root()
@@ -191,9 +253,12 @@ def run_demo(people: int = 100_000) -> int:
     logs = home / "demo" / "logs"
     print("preparing Airflow metadata (first run only) ...", flush=True)
     migrate_airflow_db(env, logs / "airflow-db-migrate.log")
-    ledger = Ledger(settings.ledger_url)
+    approver_key = render_demo_approvers(root / "configs" / "approvers.yaml", config_dir / "approvers.yaml",
+                                         home / "keys")
+    ledger = open_ledger(settings)
     results = []
     try:
+        approve_demo_contracts(contracts, config_dir / "approvers.yaml", approver_key, ledger)
         for path in contracts:
             contract = load_contract(path)
             before = ledger.head().seq if ledger.head() else 0
@@ -221,6 +286,9 @@ def _print_summary(results, identities_dir: Path, keys: dict[str, Path], total: 
         print(f"{contract.contract} → {contract.contractor}: delivery {summary['delivery']}")
         print(f"  data: {datasets}")
         print(f"  recipients: {', '.join(summary['recipients'])}")
+        approvals = summary.get("approvals") or []
+        print("  authorised by: " + (", ".join(f"{a['approver']} ({a['role']}, approval #{a['seq']})"
+                                               for a in approvals) or "-"))
         print(f"  audit records for this delivery: {summary['records']}")
         identity = identities_dir / f"{contract.recipients[0].name}.txt"
         print(f"  decrypt with age:  age -d -i {identity} {summary['package']} | tar -x -C <folder>")

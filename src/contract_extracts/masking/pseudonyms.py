@@ -1,9 +1,10 @@
 """Keyed pseudonyms (format v1): hex(HMAC-SHA256(pseudonym_key, entity + "\\x00" + canonical))[:32].
 
-HMAC is computed from SHA-256 states pre-keyed with the ipad/opad blocks and copied per value: the
-result is byte-identical to ``hmac.new`` (RFC 2104) and about twice as fast in CPython (measured in
-bench/). The key never leaves this process: hashing is never pushed into the source database, where
-it would appear in SQL text and server logs.
+The digests come from ``masking.hashing`` (OpenSSL HMAC over a pre-keyed template, optionally over
+worker processes) as 32 lower-case hex characters each, written straight into an Arrow string array
+(one ``bytes.hex()`` per batch, no Python string per value). The key never leaves this
+process tree: hashing is never pushed into the source database, where it would appear in SQL text
+and server logs.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ import hashlib
 
 import pyarrow as pa
 
-from contract_extracts.masking.canonical import canonicalise
+from contract_extracts.masking.hashing import LOCAL, HashPool, scatter_strings
 
 PSEUDONYM_HEX_CHARS = 32
+PSEUDONYM_BYTES = PSEUDONYM_HEX_CHARS // 2
 _BLOCK = 64
 
 
 class PrekeyedHmacSha256:
-    """HMAC-SHA256 with the key schedule done once (RFC 2104 construction over hashlib)."""
+    """HMAC-SHA256 with the key schedule done once (RFC 2104 construction over hashlib).
+
+    Kept as a small, dependency-free reference: the tests compare it with ``hmac.new`` and with the
+    OpenSSL path of ``masking.hashing``.
+    """
 
     __slots__ = ("_inner", "_outer")
 
@@ -59,9 +65,11 @@ def entity_prefix(entity: str) -> bytes:
 
 
 def pseudonymise_array(values: pa.Array | pa.ChunkedArray, *, key: bytes, entity: str,
-                       canonicaliser: str) -> pa.Array:
-    """Pseudonyms for one batch of one column (memory bounded by the batch)."""
-    canonical = canonicalise(values, canonicaliser)
-    hasher = PrekeyedHmacSha256(key)
-    digests = hasher.hexdigests(entity_prefix(entity), canonical.to_pylist(), PSEUDONYM_HEX_CHARS)
-    return pa.array(digests, type=pa.string())
+                       canonicaliser: str | None, pool: HashPool | None = None) -> pa.Array:
+    """Pseudonyms for one batch of one column (memory bounded by the batch); nulls and blanks → null.
+
+    ``canonicaliser`` None: the values are canonical already.
+    """
+    keyed = (pool or LOCAL).keyed(values, canonicaliser=canonicaliser, key=key, prefix=entity_prefix(entity),
+                                  width=PSEUDONYM_BYTES, hexed=True)
+    return scatter_strings(keyed.valid, keyed.data, PSEUDONYM_HEX_CHARS)

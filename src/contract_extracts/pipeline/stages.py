@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy.engine import URL
 
 from contract_extracts.audit.ledger import Ledger
@@ -46,16 +44,16 @@ from contract_extracts.delivery.package import (
     file_entries,
     package_name,
 )
-from contract_extracts.delivery.recipients import recipient_fingerprint
+from contract_extracts.delivery.recipients import manifest_recipients, package_format
 from contract_extracts.delivery.signing import fingerprint, load_signing_key
 from contract_extracts.delivery.transports import deliver_local
-from contract_extracts.extract.sources import create_source_engine, plan_query, reflect_table, stream_batches
-from contract_extracts.masking.keys import ContractKeys, load_master_key
-from contract_extracts.masking.treatments import ColumnPlan, describe, mask_batch, output_schema, plan_column
+from contract_extracts.extract.sources import create_source_engine
+from contract_extracts.masking.keys import ContractKeys, KeySource, load_master_key, resolve_master_key
+from contract_extracts.masking.treatments import describe
 
 log = logging.getLogger(__name__)
 
-STAGES = ("authorise", "extract", "validate", "package", "deliver", "record")
+STAGES = ("authorise", "extract", "disclosure", "validate", "package", "deliver", "record")
 
 
 def delivery_id_for(run_key: str, run_after: dt.datetime) -> str:
@@ -77,6 +75,15 @@ class RunContext:
     trigger: dict[str, Any] = field(default_factory=dict)
     final_attempt: bool = True
     today: dt.date | None = None
+    # SFTP deliveries: connection id → delivery.sftp.SFTPEndpoint (default: AIRFLOW_CONN_<ID>), retry policy.
+    resolve_sftp: Callable[[str], Any] | None = None
+    sftp_retry: Any = None
+    # Master keys: default CONTRACT_EXTRACTS_MASTER_KEY / _FILE; Airflow passes airflow_glue.secrets' source.
+    key_source: KeySource | None = None
+    # Processes that hash (pseudonyms, sample ranks, date shifts); None: CONTRACT_EXTRACTS_HASH_WORKERS or every core.
+    hash_workers: int | None = None
+    # Release gate: raw identifiers drawn per identifier column for the leak check (held in memory only).
+    leak_sample_per_column: int = 1000
 
 
 class Pipeline:
@@ -90,7 +97,9 @@ class Pipeline:
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
-            self._ledger = Ledger(self.ctx.settings.ledger_url)
+            from contract_extracts.audit.keys import open_ledger
+
+            self._ledger = open_ledger(self.ctx.settings)  # keyed when a ledger key is configured
         return self._ledger
 
     @property
@@ -173,120 +182,190 @@ class Pipeline:
             load_master_key()
             load_signing_key()
             make_private_dir(self.staging)
+            # Which approvals this run relies on (set by _check_authorised; see authorisation/gate.py).
+            self._append("authorised", self._authorisation.details())
             log.info("authorised contract %s, delivery %s", contract.contract, self.delivery_id)
             return {"contract": contract.contract, "delivery_id": self.delivery_id, "contract_hash": digest}
         return self._run_stage("authorise", body)
 
     def _check_authorised(self, contract: Contract) -> None:
+        from contract_extracts.authorisation.gate import check_approvals, date_refusal
+
         today = self.ctx.today or dt.datetime.now(dt.UTC).date()
-        if today < contract.valid.from_:
-            raise AuthorisationError(f"contract {contract.contract} is not valid before "
-                                     f"{contract.valid.from_.isoformat()}")
-        if today > contract.valid.until:
-            raise AuthorisationError(f"contract {contract.contract} expired on {contract.valid.until.isoformat()}")
-        if today > contract.security_assurance.expires:
-            raise AuthorisationError(f"security assurance {contract.security_assurance.reference} of "
-                                     f"{contract.contractor} expired on "
-                                     f"{contract.security_assurance.expires.isoformat()}")
-        if contract.unmasked:
-            raise AuthorisationError("the contract lists unmasked columns, which need two signed approvals "
-                                     "(one by an Information Asset Manager); this version cannot record "
-                                     "approvals, so the run is refused")
+        refused = date_refusal(contract, today)  # validity dates, then the security assurance
+        if refused is not None:
+            raise AuthorisationError(refused)
+        # Signed approvals of the current content, verified against the approver registry (which is
+        # recorded in the ledger when it changed); unmasked columns need two approvers, one an IAM.
+        self._authorisation = check_approvals(contract, ledger=self.ledger, config_dir=self.ctx.settings.config_dir,
+                                              actor=self.ctx.actor)
         if contract.incremental is not None:
             raise AuthorisationError("the contract asks for incremental deliveries, which this version cannot "
                                      "track yet; the run is refused rather than sending a full extract")
-        if contract.sample is not None:
-            raise AuthorisationError("the contract asks for a sample, which this version cannot draw yet; "
-                                     "the run is refused rather than delivering more records than approved")
 
     def extract(self) -> dict:
         def body() -> dict:
+            from contract_extracts.masking.engine import draw_sample, plan_extract
+            from contract_extracts.masking.hashing import HashPool, default_workers
+
             contract = self._contract()
-            master = load_master_key()
-            keys = ContractKeys.derive(master, contract.contract,
-                                       self.delivery_id if contract.linkage == "delivery" else None)
+            master = resolve_master_key(self.ctx.key_source, getattr(contract, "key_id", None))
+            keys = ContractKeys.for_delivery(master, contract.contract, contract.linkage, self.delivery_id)
+            reference_date = self.ctx.today or self.ctx.run_after.astimezone(dt.UTC).date()
             url = self.ctx.resolve_connection(contract.source.connection)
             engine = create_source_engine(url)
-            data_dir = make_private_dir(self.staging / "data")
             datasets = []
+            sample = None
             try:
-                for dataset in contract.datasets:
-                    table = reflect_table(engine, dataset, contract)
-                    query = plan_query(table, dataset, contract)
-                    plans = [plan_column(dataset.name, col.name, dataset.columns[col.name], col.arrow_type,
-                                         col.not_null, file=str(self.ctx.contract_path))
-                             for col in query.columns]
-                    path = data_dir / f"{dataset.name}.parquet"
-                    rows = _write_masked(engine, query, plans, keys, path, self.ctx.settings.batch_rows,
-                                         dataset.name)
-                    datasets.append({
-                        "name": dataset.name, "file": f"data/{dataset.name}.parquet", "rows": rows,
-                        "columns": [{"name": p.name, "type": str(p.output_type),
-                                     "treatment": p.treatment.treatment, "pseudonym": p.is_pseudonym,
-                                     "source_not_null": p.source_not_null,
-                                     "description": describe(p, contract.linkage)} for p in plans],
-                    })
+                # Every table reflected and every column planned before any data is read (fail early).
+                planned = plan_extract(engine, contract, file=str(self.ctx.contract_path),
+                                       reference_date=reference_date)
+                data_dir = make_private_dir(self.staging / "data")
+                with HashPool(self.ctx.hash_workers or default_workers()) as pool:
+                    if contract.sample is not None:
+                        sample = draw_sample(engine, contract, planned, keys, batch_rows=self.ctx.settings.batch_rows,
+                                             spill_dir=self.staging / "sample-ranks", pool=pool)
+                    for item in planned:
+                        rows = _write_masked(engine, item, keys, data_dir / f"{item.name}.parquet",
+                                             self.ctx.settings.batch_rows, sample=sample,
+                                             entity=contract.sample.entity if contract.sample else None, pool=pool)
+                        datasets.append({
+                            "name": item.name, "file": f"data/{item.name}.parquet", "rows": rows,
+                            "columns": [{"name": p.name, "type": str(p.output_type),
+                                         "treatment": p.treatment.treatment, "pseudonym": p.is_pseudonym,
+                                         "source_not_null": p.output_not_null,
+                                         "description": describe(p, contract.linkage)} for p in item.plans],
+                        })
             finally:
                 engine.dispose()
-            state = {"key_id": keys.key_id, "datasets": datasets}
+            sample_state = None
+            if sample is not None:
+                # Sizes in distinct entities (for grossing); rows per dataset before and after sampling.
+                sample_state = {**sample.to_dict(), "datasets": [
+                    {"name": item.name, "population_rows": item.population_rows, "rows": item.rows}
+                    for item in planned]}
+            state = {"key_id": keys.key_id, "datasets": datasets, "sample": sample_state}
             self._write_state("extract.json", state)
             self._append("extract_done", {"key_id": keys.key_id, "datasets": [
                 {"name": d["name"], "rows": d["rows"], "columns": [c["name"] for c in d["columns"]]}
-                for d in datasets]})
-            return {"datasets": [{"name": d["name"], "rows": d["rows"]} for d in datasets]}
+                for d in datasets], "sample": sample_state})
+            return {"datasets": [{"name": d["name"], "rows": d["rows"]} for d in datasets],
+                    **({"sample": {k: sample_state[k] for k in ("population", "sample_size")}} if sample_state
+                       else {})}
         return self._run_stage("extract", body)
 
-    def validate(self) -> dict:
+    def disclosure(self) -> dict:
+        """Aggregate tables, then risk assessment and treatment of the microdata (docs/disclosure.md)."""
         def body() -> dict:
-            from contract_extracts.validation.gate import ColumnRule, DatasetRules, validate_parquet
+            from contract_extracts.disclosure.assess import ledger_details, run_disclosure
+            from contract_extracts.disclosure.treatment import DisclosureBlocked
+            from contract_extracts.validation.docs import operator_report
 
             contract = self._contract()
             state = self._read_state("extract.json")
-            summaries = []
+            try:
+                doc = run_disclosure(contract, self.staging, state,
+                                     batch_rows=max(self.ctx.settings.batch_rows, 100_000),
+                                     contract_file=str(self.ctx.contract_path))
+            except DisclosureBlocked as exc:
+                if exc.report:
+                    self._write_state("disclosure.json", exc.report)
+                    operator_report(self.ctx.settings.home, self.contract_id, self.delivery_id,
+                                    {"disclosure.json": exc.report})
+                    self._append("disclosure_assessed", ledger_details(exc.report))
+                raise
+            self._write_state("disclosure.json", doc)
+            if doc["assessed"] or doc["aggregates"]:
+                self._append("disclosure_assessed", ledger_details(doc))
+            return {"assessed": doc["assessed"],
+                    "datasets": [{"name": d["name"], "k_anonymity": d["after"]["k_anonymity"],
+                                  "suppressed_records": d["treatment"]["suppressed_records"]} for d in doc["datasets"]],
+                    "aggregates": [{"name": a["name"], "cells": a["cells"], "published": a["published"]}
+                                   for a in doc["aggregates"]]}
+        return self._run_stage("disclosure", body)
+
+    def validate(self) -> dict:
+        def body() -> dict:
+            from contract_extracts.contracts.disclosure import contract_aggregates, delivers_microdata
+            from contract_extracts.validation.docs import operator_report
+            from contract_extracts.validation.source import run_release_gate
+
+            contract = self._contract()
+            state = self._read_state("extract.json")
             for ds in state["datasets"]:
                 listed = list(contract.dataset(ds["name"]).columns)
                 if [c["name"] for c in ds["columns"]] != listed:
                     raise ValidationFailed(f"dataset {ds['name']}: staged columns differ from the contract")
-                rules = DatasetRules(
-                    dataset=ds["name"],
-                    columns=tuple(ColumnRule(name=c["name"], pseudonym=c["pseudonym"],
-                                             not_null=c["source_not_null"]) for c in ds["columns"]),
-                    min_rows=0,
-                    max_rows=contract.sample.max_records if contract.sample else None,
-                )
-                summaries.append(validate_parquet(self.staging / ds["file"], rules,
-                                                  batch_rows=max(self.ctx.settings.batch_rows, 100_000)))
-            summary = {"success": all(s.success for s in summaries),
-                       "datasets": [s.to_dict() for s in summaries]}
+            disclosure_doc = (self._read_state("disclosure.json") if (self.staging / "disclosure.json").exists()
+                              else None)
+            if disclosure_doc is None and (contract.disclosure is not None or contract_aggregates(contract)
+                                           or not delivers_microdata(contract)):
+                raise ValidationFailed("the contract needs disclosure control, but the disclosure stage did not "
+                                       "run for this delivery; nothing is packaged or delivered")
+            run_year = (self.ctx.today or self.ctx.run_after.astimezone(dt.UTC).date()).year
+            result = run_release_gate(contract, self.staging, state, disclosure_doc,
+                                      self.ctx.resolve_connection(contract.source.connection),
+                                      batch_rows=max(self.ctx.settings.batch_rows, 100_000), run_year=run_year,
+                                      per_column=self.ctx.leak_sample_per_column)
+            summary = result.to_dict()
             self._write_state("validation.json", summary)
-            if not summary["success"]:
-                failed = [f"{s.dataset}: {f.expectation}" + (f"({f.column})" if f.column else "")
-                          + (f", {f.unexpected_count} unexpected" if f.unexpected_count else "")
-                          for s in summaries for f in s.failures()]
+            documents = {"validation.json": summary, **({"disclosure.json": disclosure_doc} if disclosure_doc else {})}
+            report = operator_report(self.ctx.settings.home, self.contract_id, self.delivery_id, documents,
+                                     result.all_summaries())
+            if not result.success:
+                failed = result.failed()
                 self._append("validation_failed", {"failed": failed})
                 raise ValidationFailed("validation failed, nothing is packaged or delivered: " + "; ".join(failed))
             self._append("validation_passed", {"datasets": [
-                {"name": s.dataset, "rows": s.rows, "expectations": len(s.expectations)} for s in summaries]})
-            return {"success": True, "expectations": sum(len(s.expectations) for s in summaries)}
+                {"name": s.dataset, "rows": s.rows, "expectations": len(s.expectations)} for s in result.summaries],
+                **({"leak_check": {k: v for k, v in summary["leak_check"].items() if k != "columns"}}
+                   if "leak_check" in summary else {})})
+            return {"success": True, "expectations": sum(len(s.expectations) for s in result.all_summaries()),
+                    **({"report": str(report)} if report else {})}
         return self._run_stage("validate", body)
 
     def package(self) -> dict:
         def body() -> dict:
+            from contract_extracts.delivery.openpgp import encrypt_openpgp
+            from contract_extracts.delivery.package import age_encryptor, checksums_file
+            from contract_extracts.delivery.recipients import age_recipient_keys
+
             contract = self._contract()
+            fmt = package_format(contract.recipients)
+            for record in self.ledger.records(delivery=self.delivery_id, action="delivered"):
+                if record.contract == contract.contract:
+                    # A re-run of a delivered run: never build (or send) a second package.
+                    done = record.details_obj()
+                    info = {k: done.get(k) for k in ("package", "sha256", "bytes", "manifest_sha256", "recipients")}
+                    info.update(format=done.get("format", fmt), already_delivered=True)
+                    self._write_state("package.json", info)
+                    log.info("delivery %s was already delivered as %s; not packaging again", self.delivery_id,
+                             info["package"])
+                    return info
             state = self._read_state("extract.json")
             validation = self._read_state("validation.json")
             if not validation.get("success"):
                 raise ValidationFailed("validation did not pass; nothing is packaged")
+            from contract_extracts.disclosure.report import manifest_section, microdata_included, package_files
+
+            disclosure = (self._read_state("disclosure.json") if (self.staging / "disclosure.json").exists()
+                          else None)
             signing_key = load_signing_key()
             created = dt.datetime.now(dt.UTC).replace(microsecond=0)
             codebook = self.staging / "codebook.md"
-            codebook.write_text(render_codebook(contract, self.delivery_id, created, state), encoding="utf-8")
+            codebook.write_text(render_codebook(contract, self.delivery_id, created, state, disclosure),
+                                encoding="utf-8")
             files = [PackageFile(arcname="codebook.md", path=codebook)]
-            for ds in state["datasets"]:
+            for ds in state["datasets"] if microdata_included(disclosure) else []:
                 files.append(PackageFile(
                     arcname=ds["file"], path=self.staging / ds["file"], rows=ds["rows"],
                     schema=tuple({"name": c["name"], "type": c["type"], "treatment": c["treatment"]}
                                  for c in ds["columns"])))
+            for table in package_files(disclosure):  # aggregate tables: data/<name>.parquet
+                files.append(PackageFile(arcname=table["arcname"], path=self.staging / table["arcname"],
+                                         rows=table["rows"], schema=table["schema"]))
+            files.append(checksums_file(self.staging, files))
+            recipients = manifest_recipients(contract.recipients)
             manifest = {
                 "format": PACKAGE_FORMAT,
                 "contract": contract.contract,
@@ -296,21 +375,29 @@ class Pipeline:
                 "created_at": created.isoformat(),
                 "key_id": state["key_id"],
                 "linkage": contract.linkage,
-                "extract": {"kind": "full", "sample": None},
+                "extract": {"kind": "incremental" if state.get("windows") and not all(
+                                w.get("full") for w in state["windows"]) else "full",
+                            "windows": state.get("windows"), "sample": state.get("sample")},
                 "sender": {"signature": "ed25519", "fingerprint": fingerprint(signing_key.public_key())},
-                "recipients": [{"name": r.name, "fingerprint": recipient_fingerprint(r.age)}
-                               for r in contract.recipients],
+                "recipients": recipients,
                 "files": file_entries(files),
                 "validation": validation,
-                "disclosure": {"assessed": False,
-                               "note": "disclosure control is not part of this version"},
+                "disclosure": manifest_section(disclosure),
             }
-            built = build_package(staging_dir=self.staging, name=package_name(contract.contract, self.delivery_id),
-                                  manifest=manifest, files=files, signing_key=signing_key,
-                                  recipients=[r.age for r in contract.recipients],
-                                  created_epoch=int(created.timestamp()))
+            # Recipients come from the contract only (pinned keys; the content hash covers them).
+            if fmt == "openpgp":
+                key_dir = self.ctx.settings.config_dir / "recipients"
+
+                def encrypt(plain: Path, out: Path) -> None:
+                    encrypt_openpgp(plain, out, list(contract.recipients), key_dir=key_dir, work_dir=self.staging)
+            else:
+                encrypt = age_encryptor(age_recipient_keys(contract.recipients))
+            built = build_package(staging_dir=self.staging,
+                                  name=package_name(contract.contract, self.delivery_id, fmt),
+                                  manifest=manifest, files=files, signing_key=signing_key, encrypt=encrypt,
+                                  ssh_signature=True, created_epoch=int(created.timestamp()))
             info = {"package": built.path.name, "sha256": built.sha256, "bytes": built.bytes,
-                    "manifest_sha256": built.manifest_sha256}
+                    "manifest_sha256": built.manifest_sha256, "format": fmt, "recipients": recipients}
             self._write_state("package.json", info)
             return info
         return self._run_stage("package", body)
@@ -327,17 +414,37 @@ class Pipeline:
                                             "different package; refusing a second copy")
                     log.info("delivery %s was already delivered; not sending again", self.delivery_id)
                     return {"path": done["path"], "sha256": done["sha256"], "already_delivered": True}
-            folder = contract.delivery.path or contract.contractor_slug
-            receipt = deliver_local(self.staging / info["package"], drop_root=self.ctx.settings.drop_dir,
-                                    folder=folder, expected_sha256=info["sha256"])
-            self._append("delivered", {
-                "transport": receipt.transport, "path": receipt.path, "package": info["package"],
-                "sha256": receipt.sha256, "bytes": receipt.bytes, "manifest_sha256": info["manifest_sha256"],
-                "recipients": [{"name": r.name, "fingerprint": recipient_fingerprint(r.age)}
-                               for r in contract.recipients],
-            })
-            log.info("delivered %s to %s", info["package"], receipt.path)
-            return {"path": receipt.path, "sha256": receipt.sha256, "already_delivered": receipt.already_delivered}
+            package = self.staging / info["package"]
+            details: dict[str, Any] = {
+                "package": info["package"], "sha256": info["sha256"], "manifest_sha256": info["manifest_sha256"],
+                "format": info.get("format", "age"),
+                "recipients": info.get("recipients") or manifest_recipients(contract.recipients),
+            }
+            if contract.delivery.transport == "sftp":
+                from contract_extracts.delivery.sftp import deliver_sftp, env_sftp_endpoint
+
+                conn_id = contract.delivery.connection or ""
+                if self.ctx.resolve_sftp is not None:
+                    endpoint = self.ctx.resolve_sftp(conn_id)
+                else:
+                    endpoint = env_sftp_endpoint(conn_id, config_dir=self.ctx.settings.config_dir)
+                sent = deliver_sftp(package, endpoint=endpoint, segments=contract.delivery.segments(),
+                                    expected_sha256=info["sha256"], policy=self.ctx.sftp_retry, log=log.warning)
+                details.update(transport="sftp", connection=conn_id, server=endpoint.address,
+                               host_key=sent.host_key, path=sent.path, bytes=sent.bytes,
+                               verified_by=sent.verified_by, attempts=sent.attempts,
+                               already_present=sent.already_delivered)
+                result = {"path": sent.path, "sha256": sent.sha256, "already_delivered": sent.already_delivered}
+            else:
+                folder = contract.delivery.path or contract.contractor_slug
+                receipt = deliver_local(package, drop_root=self.ctx.settings.drop_dir, folder=folder,
+                                        expected_sha256=info["sha256"])
+                details.update(transport=receipt.transport, path=receipt.path, bytes=receipt.bytes)
+                result = {"path": receipt.path, "sha256": receipt.sha256,
+                          "already_delivered": receipt.already_delivered}
+            self._append("delivered", details)
+            log.info("delivered %s to %s", info["package"], result["path"])
+            return result
         return self._run_stage("deliver", body)
 
     def record(self) -> dict:
@@ -374,23 +481,12 @@ class Pipeline:
             self.cleanup()
 
 
-def _write_masked(engine, query, plans: list[ColumnPlan], keys: ContractKeys, path: Path, batch_rows: int,
-                  dataset: str) -> int:
-    rows = 0
-    next_report = 500_000
-    schema = output_schema(plans)
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for batch in stream_batches(engine, query, batch_rows):
-            masked = mask_batch(batch, plans, keys)
-            writer.write_batch(masked)
-            rows += masked.num_rows
-            if rows >= next_report:
-                log.info("dataset %s: %d rows extracted and masked", dataset, rows)
-                next_report += 500_000
-        if rows == 0:
-            writer.write_table(pa.Table.from_batches([], schema=schema))
-    log.info("dataset %s: %d rows extracted and masked in total", dataset, rows)
-    return rows
+def _write_masked(engine, item, keys: ContractKeys, path: Path, batch_rows: int, *, sample=None,
+                  entity: str | None = None, pool=None) -> int:
+    """Stream one planned dataset through masking (and the sample) into staged Parquet: masking/engine.py."""
+    from contract_extracts.masking.engine import write_masked
+
+    return write_masked(engine, item, keys, path, batch_rows=batch_rows, sample=sample, entity=entity, pool=pool)
 
 
 def _frames(exc: BaseException) -> str:
@@ -399,7 +495,26 @@ def _frames(exc: BaseException) -> str:
     return "".join(traceback.format_tb(exc.__traceback__))
 
 
-def render_codebook(contract: Contract, delivery_id: str, created: dt.datetime, state: dict) -> str:
+def render_codebook(contract: Contract, delivery_id: str, created: dt.datetime, state: dict,
+                    disclosure: dict | None = None) -> str:
+    from contract_extracts.disclosure.report import codebook_lines, column_notes, microdata_included
+
+    sample = state.get("sample")
+    if sample:
+        entity = sample["entity"]
+        share = sample["fraction_delivered"]
+        records = (f"- Records: a keyed random sample of {entity}s: {sample['sample_size']} of the "
+                   f"{sample['population']} {entity}s matching the contract's filters"
+                   + (f" ({share:.4%})" if share is not None else "")
+                   + f". Every record of a sampled {entity} is included, in every dataset; no record of any other "
+                   f"{entity}. The same {entity}s are drawn in every delivery of this contract"
+                   + (f" (requested fraction {sample['fraction_requested']}" if sample["fraction_requested"] else
+                      " (")
+                   + (f", at most {sample['max_records']} {entity}s)." if sample["max_records"] else ").")
+                   + f" To estimate population totals, weight each {entity} by "
+                   + (f"{sample['population']}/{sample['sample_size']}." if sample["sample_size"] else "(none drawn)."))
+    else:
+        records = "- Records: every record matching the contract's filters (no sampling)."
     lines = [
         f"# Codebook: {contract.title}",
         "",
@@ -410,26 +525,34 @@ def render_codebook(contract: Contract, delivery_id: str, created: dt.datetime, 
         f"- Linkage: {contract.linkage} — " + (
             "pseudonyms are stable across this contract's deliveries."
             if contract.linkage == "contract" else "pseudonyms are new in every delivery."),
-        "- Records: every record matching the contract's filters (no sampling).",
-        "- Disclosure control: not applied in this version of the pipeline.",
+        records,
+        "- Disclosure control: see the section 'Disclosure control' at the end.",
         "",
         "Pseudonyms of the same entity are equal across the datasets of this package, so the datasets",
         "join on them. They are unrelated to pseudonyms in any other contract's data.",
         "",
     ]
-    for ds in state["datasets"]:
+    for ds in state["datasets"] if microdata_included(disclosure) else []:
         dataset = contract.dataset(ds["name"])
+        notes = column_notes(disclosure, ds["name"])
         lines += [f"## {ds['name']} ({ds['rows']} rows)", "", f"File `{ds['file']}`.", ""]
+        if sample:
+            source_rows = {d["name"]: d["population_rows"] for d in sample.get("datasets", [])}.get(ds["name"])
+            if source_rows is not None:
+                lines += [f"{ds['rows']} of {source_rows} matching records (those of the sampled "
+                          f"{sample['entity']}s).", ""]
         if dataset.filter:
             conditions = [f"`{col}` {op} {value}" for col, cond in dataset.filter.items()
                           for op, value in sorted(cond.operators())]
             lines += ["Records selected where " + " and ".join(conditions) + ".", ""]
         lines += ["| Column | Type | Treatment |", "| --- | --- | --- |"]
         for c in ds["columns"]:
-            lines.append(f"| `{c['name']}` | {c['type']} | {c['description']} |")
+            note = f" {notes[c['name']]}" if c["name"] in notes else ""
+            lines.append(f"| `{c['name']}` | {c['type']} | {c['description']}{note} |")
         lines.append("")
         entity_columns = [c["name"] for c in ds["columns"]
                           if isinstance(dataset.columns[c["name"]], Pseudonymise)]
         if entity_columns:
             lines += ["Pseudonymised columns: " + ", ".join(f"`{n}`" for n in entity_columns) + ".", ""]
+    lines += codebook_lines(disclosure)
     return "\n".join(lines)

@@ -19,19 +19,40 @@ Memory is bounded by ``batch_rows``, not by the file size:
   same code a normal validation calls once the metric is resolved); a test pins its behaviour
   against a full GX validation so an upgrade that changes it fails loudly rather than silently.
 
+The release gate (``validate_delivery``) adds, for every dataset of a delivery:
+
+* the exact Arrow types, in order (``expect_table_arrow_types_to_equal``, decided on the footer's
+  schema) and the exact row count recorded by the extract (``expect_table_row_count_to_equal``);
+* domains of generalised values (years in a plausible range, band starts, labels, postcode levels)
+  and multiples of a rounding base, run through GX batch by batch like the format checks;
+* **no leakage**: a GX map expectation searches every string column for raw source identifiers
+  (``leakage``: drawn from the source at run time, held only in memory, referred to by a token);
+* uniqueness of entity keys over the *whole* file (``expect_column_values_to_be_unique``, decided by
+  GX's map-expectation logic on a duplicate count taken in hash partitions of the pseudonym, so
+  memory stays bounded), and referential integrity between datasets (same partitioning);
+* the disclosure threshold, re-measured on the staged file; the sample matching the contract;
+  aggregate tables with no cell recoverable from a single row or column equation.
+
+Metric-fed expectations are decided by the expectation object's own ``_validate`` on the metric the
+gate computed, exactly like the row count above. Every outcome keeps its GX configuration
+(value-free kwargs) so the operator's Data Docs report (``docs``) can be rendered from the outcomes
+alone: it never sees a GX result that could hold values.
+
 Great Expectations is imported lazily (it takes seconds) and never at module import time; this
 module never imports Airflow.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from contract_extracts.core.errors import (
     ConfigError,
@@ -55,6 +76,18 @@ ROW_COUNT_BETWEEN = "expect_table_row_count_to_be_between"
 VALUES_MATCH_REGEX = "expect_column_values_to_match_regex"
 VALUE_LENGTHS_EQUAL = "expect_column_value_lengths_to_equal"
 VALUES_NOT_NULL = "expect_column_values_to_not_be_null"
+ROW_COUNT_EQUAL = "expect_table_row_count_to_equal"
+VALUES_UNIQUE = "expect_column_values_to_be_unique"
+VALUES_BETWEEN = "expect_column_values_to_be_between"
+VALUES_IN_SET = "expect_column_values_to_be_in_set"
+# Custom expectations (validation/expectations.py); names repeated here so importing this module stays cheap.
+ARROW_TYPES = "expect_table_arrow_types_to_equal"
+NOT_SOURCE_IDENTIFIER = "expect_column_values_to_not_contain_source_identifiers"
+MULTIPLES_OF = "expect_column_values_to_be_multiples_of"
+EXIST_IN_DATASET = "expect_column_values_to_exist_in_dataset"
+DISCLOSURE_THRESHOLD = "expect_disclosure_threshold_to_hold"
+SAMPLE_MATCHES = "expect_sample_to_match_contract"
+CELLS_NOT_RECOVERABLE = "expect_table_cells_not_recoverable"
 
 # Fixed, value-free markers for column expectations GX could not evaluate.
 OBSERVED_COLUMN_MISSING = "not evaluated: column missing from file"
@@ -73,16 +106,51 @@ _READ_BUFFER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
+class Domain:
+    """Where a column's non-null values must lie (declared by the contract, never read from the data).
+
+    ``between``: ``min_value`` ≤ v ≤ ``max_value``; ``in_set``: v in ``values`` (labels a
+    treatment or hierarchy can produce); ``regex``: v matches ``regex`` (use ``\\Z``, not ``$``);
+    ``multiple_of``: v is a whole multiple of ``base``.
+    """
+
+    kind: Literal["between", "in_set", "regex", "multiple_of"]
+    min_value: float | None = None
+    max_value: float | None = None
+    values: tuple = ()
+    regex: str | None = None
+    base: float | None = None
+
+    def __post_init__(self) -> None:
+        ok = {"between": self.min_value is not None or self.max_value is not None,
+              "in_set": bool(self.values), "regex": bool(self.regex),
+              "multiple_of": self.base is not None and self.base > 0}.get(self.kind, False)
+        if not ok:
+            raise ConfigError(f"domain {self.kind!r} is missing its bounds, values, regex or base",
+                              key="columns.domains")
+
+
+@dataclass(frozen=True)
 class ColumnRule:
     """One expected column of the staged file."""
 
     name: str
     pseudonym: bool = False  # values must match PSEUDONYM_REGEX (nulls allowed unless not_null)
     not_null: bool = False  # no nulls allowed
+    type: str | None = None  # the exact Arrow type (str(pa.DataType)); checked when any column names one
+    unique: bool = False  # no value occurs twice in the whole file (nulls ignored)
+    domains: tuple[Domain, ...] = ()
+    leak: Literal["exact", "substring"] | None = None  # search for raw source identifiers
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError("a column rule needs a non-empty column name", key="columns.name")
+        kinds = [d.kind for d in self.domains]
+        if len(set(kinds)) != len(kinds):
+            raise ConfigError(f"column {self.name}: one domain of each kind at most", key="columns.domains")
+        if self.pseudonym and "regex" in kinds:
+            raise ConfigError(f"column {self.name}: a pseudonym column has its own format rule",
+                              key="columns.domains")
 
 
 @dataclass(frozen=True)
@@ -93,6 +161,7 @@ class DatasetRules:
     columns: tuple[ColumnRule, ...]  # exact expected columns, in order
     min_rows: int = 0
     max_rows: int | None = None
+    expected_rows: int | None = None  # exactly this many rows (the extract's count)
 
     def __post_init__(self) -> None:
         key = f"datasets.{self.dataset}"
@@ -110,6 +179,12 @@ class DatasetRules:
         if self.max_rows is not None and (not isinstance(self.max_rows, int)
                                           or self.max_rows < self.min_rows):
             raise ConfigError("max_rows must be a whole number >= min_rows", key=f"{key}.max_rows")
+        if self.expected_rows is not None and (not isinstance(self.expected_rows, int) or self.expected_rows < 0):
+            raise ConfigError("expected_rows must be a whole number >= 0", key=f"{key}.expected_rows")
+
+    @property
+    def typed(self) -> bool:
+        return any(c.type is not None for c in self.columns)
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -130,6 +205,8 @@ class ExpectationOutcome:
     success: bool
     unexpected_count: int | None
     observed: str | None
+    # The GX expectation configuration (value-free kwargs), for the operator's Data Docs report only.
+    config: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"expectation": self.expectation, "column": self.column, "success": self.success,
@@ -198,13 +275,33 @@ def _quieten_gx_loggers() -> None:
 
 
 def _table_expectations(gx: ModuleType, rules: DatasetRules) -> list[Any]:
-    return [
+    out = [
         gx.expectations.ExpectTableColumnsToMatchOrderedList(column_list=[c.name for c in rules.columns]),
         gx.expectations.ExpectTableRowCountToBeBetween(min_value=rules.min_rows, max_value=rules.max_rows),
     ]
+    if rules.expected_rows is not None:
+        out.append(gx.expectations.ExpectTableRowCountToEqual(value=rules.expected_rows))
+    if rules.typed:
+        from contract_extracts.validation.expectations import ExpectTableArrowTypesToEqual
+
+        out.append(ExpectTableArrowTypesToEqual(types=[[c.name, c.type or "?"] for c in rules.columns]))
+    return out
 
 
-def _column_expectations(gx: ModuleType, rule: ColumnRule) -> list[Any]:
+def _domain_expectation(gx: ModuleType, column: str, domain: Domain) -> Any:
+    if domain.kind == "between":
+        return gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=domain.min_value,
+                                                            max_value=domain.max_value)
+    if domain.kind == "in_set":
+        return gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=list(domain.values))
+    if domain.kind == "regex":
+        return gx.expectations.ExpectColumnValuesToMatchRegex(column=column, regex=domain.regex)
+    from contract_extracts.validation.expectations import ExpectColumnValuesToBeMultiplesOf
+
+    return ExpectColumnValuesToBeMultiplesOf(column=column, base=domain.base)
+
+
+def _column_expectations(gx: ModuleType, rule: ColumnRule, leak_token: str | None = None) -> list[Any]:
     out: list[Any] = []
     if rule.pseudonym:
         out.append(gx.expectations.ExpectColumnValuesToMatchRegex(column=rule.name, regex=PSEUDONYM_REGEX))
@@ -213,15 +310,24 @@ def _column_expectations(gx: ModuleType, rule: ColumnRule) -> list[Any]:
         out.append(gx.expectations.ExpectColumnValueLengthsToEqual(column=rule.name, value=PSEUDONYM_LENGTH))
     if rule.not_null:
         out.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=rule.name))
+    if rule.unique:
+        out.append(gx.expectations.ExpectColumnValuesToBeUnique(column=rule.name))
+    for domain in rule.domains:
+        out.append(_domain_expectation(gx, rule.name, domain))
+    if rule.leak is not None and leak_token is not None:
+        from contract_extracts.validation.expectations import ExpectColumnValuesToNotContainSourceIdentifiers
+
+        out.append(ExpectColumnValuesToNotContainSourceIdentifiers(
+            column=rule.name, identifier_set=leak_token, substring=rule.leak == "substring"))
     return out
 
 
-def build_suite(rules: DatasetRules) -> great_expectations.ExpectationSuite:
+def build_suite(rules: DatasetRules, *, leak_token: str | None = None) -> great_expectations.ExpectationSuite:
     """The GX suite derived from the rules (table-level expectations first, then per column)."""
     gx = _import_gx()
     expectations = _table_expectations(gx, rules)
     for rule in rules.columns:
-        expectations.extend(_column_expectations(gx, rule))
+        expectations.extend(_column_expectations(gx, rule, leak_token))
     return gx.ExpectationSuite(name=f"{_GX_NAME}.{rules.dataset}", expectations=expectations)
 
 
@@ -300,19 +406,21 @@ def _key(expectation: Any) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------------------- validation
 
 
-def validate_parquet(path: Path, rules: DatasetRules, *, batch_rows: int = 250_000) -> ValidationSummary:
+def validate_parquet(path: Path, rules: DatasetRules, *, batch_rows: int = 250_000,
+                     leak_token: str | None = None) -> ValidationSummary:
     """Validate a staged (already masked) Parquet file against its rules; memory bounded by batch_rows.
 
     Returns a value-free summary; call ``summary.raise_if_failed()`` to block delivery. Errors from
     pyarrow or GX are re-raised as ``StageFailed`` naming only the exception type (their messages
-    may quote data), without chaining.
+    may quote data), without chaining. ``leak_token`` names a registered identifier sample
+    (``leakage.register``); without it, columns with a ``leak`` rule are not searched.
     """
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ConfigError("batch_rows must be a whole number >= 1", key="batch_rows")
     path = Path(path)
     failure: str | None = None
     try:
-        summary = _validate(path, rules, batch_rows)
+        summary = _validate(path, rules, batch_rows, leak_token)
     except ContractExtractsError:
         raise
     except Exception as exc:  # foreign errors may quote data values: keep only the type name
@@ -325,15 +433,17 @@ def validate_parquet(path: Path, rules: DatasetRules, *, batch_rows: int = 250_0
     return summary
 
 
-def _validate(path: Path, rules: DatasetRules, batch_rows: int) -> ValidationSummary:
+_TABLE_LEVEL = frozenset({COLUMNS_MATCH_ORDERED_LIST, ROW_COUNT_BETWEEN, ROW_COUNT_EQUAL, ARROW_TYPES})
+_FILE_WIDE = frozenset({VALUES_UNIQUE})  # column expectations decided on a whole-file metric
+
+
+def _validate(path: Path, rules: DatasetRules, batch_rows: int, leak_token: str | None = None) -> ValidationSummary:
     import pyarrow.parquet as pq
 
     gx = _import_gx()
-    suite = build_suite(rules)
-    table_level = {COLUMNS_MATCH_ORDERED_LIST, ROW_COUNT_BETWEEN}
+    suite = build_suite(rules, leak_token=leak_token)
     by_key = {_key(e): e for e in suite.expectations}
     columns_expectation = by_key[(COLUMNS_MATCH_ORDERED_LIST, None)]
-    row_count_expectation = by_key[(ROW_COUNT_BETWEEN, None)]
 
     # pre_buffer=False + a read buffer: pyarrow's default pre-buffering caches every column chunk
     # read so far until the reader closes, i.e. memory grows with the file (measured).
@@ -345,13 +455,14 @@ def _validate(path: Path, rules: DatasetRules, batch_rows: int) -> ValidationSum
 
         # Column expectations GX can evaluate: the column is in the file exactly once.
         evaluable: list[Any] = []
+        file_wide: list[Any] = []
         not_evaluated: dict[tuple[str, str | None], str] = {}
         for expectation in suite.expectations:
             kind, column = _key(expectation)
-            if kind in table_level:
+            if kind in _TABLE_LEVEL:
                 continue
             if file_names.count(column) == 1:
-                evaluable.append(expectation)
+                (file_wide if kind in _FILE_WIDE else evaluable).append(expectation)
             elif column in file_names:
                 not_evaluated[(kind, column)] = OBSERVED_COLUMN_DUPLICATED
             else:
@@ -384,30 +495,137 @@ def _validate(path: Path, rules: DatasetRules, batch_rows: int) -> ValidationSum
     finally:
         parquet.close()
 
-    # Row count of the whole file, decided by the GX expectation on the footer's metric.
-    decided = row_count_expectation._validate(metrics={"table.row_count": total_rows})
-    row_count_ok = bool(decided["success"])
+    # Whole-file decisions by the GX expectations' own logic on metrics the gate computed.
+    decided: dict[tuple[str, str | None], ExpectationOutcome] = {}
+    for expectation in suite.expectations:
+        kind, column = _key(expectation)
+        config = expectation.configuration
+        if kind in (ROW_COUNT_BETWEEN, ROW_COUNT_EQUAL):
+            result = expectation._validate(metrics={"table.row_count": total_rows})
+            decided[(kind, None)] = ExpectationOutcome(kind, None, bool(result["success"]), None,
+                                                       str(total_rows), config)
+        elif kind == ARROW_TYPES:
+            observed = [[f.name, str(f.type)] for f in schema]
+            result = expectation._validate(metrics={"table.arrow_types": observed})
+            decided[(kind, None)] = ExpectationOutcome(kind, None, bool(result["success"]), None,
+                                                       str(result["result"]["observed_value"]), config)
+        elif kind == VALUES_UNIQUE and expectation in file_wide:
+            nulls, duplicated = duplicate_rows(path, column, batch_rows=batch_rows)
+            result = expectation._validate(
+                metrics={"table.row_count": total_rows, "column_values.nonnull.unexpected_count": nulls,
+                         "column_values.unique.unexpected_count": duplicated,
+                         "column_values.unique.unexpected_values": []},
+                runtime_configuration={"result_format": _RESULT_FORMAT})
+            decided[(kind, column)] = ExpectationOutcome(kind, column, bool(result["success"]), duplicated, None,
+                                                         config)
 
     outcomes: list[ExpectationOutcome] = []
     for expectation in suite.expectations:
         kind, column = _key(expectation)
-        if kind == ROW_COUNT_BETWEEN:
-            outcomes.append(ExpectationOutcome(kind, None, row_count_ok, None, str(total_rows)))
+        config = expectation.configuration
+        if (kind, column) in decided:
+            outcomes.append(decided[(kind, column)])
         elif (kind, column) in not_evaluated:
-            outcomes.append(ExpectationOutcome(kind, column, False, None, not_evaluated[(kind, column)]))
+            outcomes.append(ExpectationOutcome(kind, column, False, None, not_evaluated[(kind, column)], config))
         elif (kind, column) not in counts:
-            outcomes.append(ExpectationOutcome(kind, column, False, None, OBSERVED_EVALUATION_ERROR))
+            outcomes.append(ExpectationOutcome(kind, column, False, None, OBSERVED_EVALUATION_ERROR, config))
         else:
             c = counts[(kind, column)]
             if kind == COLUMNS_MATCH_ORDERED_LIST:
                 outcomes.append(ExpectationOutcome(kind, None, c.success and not c.errored, None,
-                                                   c.observed))
+                                                   c.observed, config))
             elif c.errored:
-                outcomes.append(ExpectationOutcome(kind, column, False, None, OBSERVED_EVALUATION_ERROR))
+                outcomes.append(ExpectationOutcome(kind, column, False, None, OBSERVED_EVALUATION_ERROR, config))
             else:
-                outcomes.append(ExpectationOutcome(kind, column, c.success, c.unexpected, None))
+                outcomes.append(ExpectationOutcome(kind, column, c.success, c.unexpected, None, config))
     return ValidationSummary(dataset=rules.dataset, success=all(o.success for o in outcomes),
                              rows=total_rows, expectations=tuple(outcomes))
+
+
+# ---------------------------------------------------------------------- whole-file, bounded memory
+
+_PARTITION_ROWS = 2_000_000  # values held at once by a uniqueness or reference check (about 100 MB)
+_HEX = "0123456789abcdef"
+
+
+def _prefixes(rows: int) -> list[str | None]:
+    """Hash partitions by the pseudonym's leading hex digits; None: values not starting with them."""
+    if rows <= _PARTITION_ROWS:
+        return [""]
+    width = 1 if rows <= 16 * _PARTITION_ROWS else 2
+    return [*("".join(p) for p in itertools.product(_HEX, repeat=width)), None]
+
+
+def _partition(values: Any, prefix: str | None, width: int) -> Any:
+    import pyarrow.compute as pc
+
+    if prefix == "":
+        return pc.drop_null(values)
+    if prefix is None:
+        keep = pc.invert(pc.match_substring_regex(values, pattern=f"^[0-9a-f]{{{width}}}"))
+    else:
+        keep = pc.starts_with(values, pattern=prefix)
+    return pc.filter(values, pc.fill_null(keep, False))
+
+
+def _column_batches(path: Path, column: str, batch_rows: int) -> Iterator[Any]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER_BYTES)
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=[column], use_pandas_metadata=False):
+            yield batch.column(0)
+    finally:
+        parquet.close()
+
+
+def duplicate_rows(path: Path, column: str, *, batch_rows: int = 250_000) -> tuple[int, int]:
+    """(null count, rows whose value occurs more than once) of one text column, in bounded memory."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows = int(pq.ParquetFile(path).metadata.num_rows)
+    nulls = 0
+    duplicated = 0
+    prefixes = _prefixes(rows)
+    width = max(len(p or "") for p in prefixes)
+    for i, prefix in enumerate(prefixes):
+        parts = []
+        for values in _column_batches(path, column, batch_rows):
+            if i == 0:
+                nulls += values.null_count
+            parts.append(_partition(pc.cast(values, pa.string()), prefix, width))
+        if not parts:
+            continue
+        counts = pc.value_counts(pa.concat_arrays(parts)).field("counts")
+        duplicated += int(pc.sum(pc.filter(counts, pc.greater(counts, 1))).as_py() or 0)
+    return nulls, duplicated
+
+
+def missing_references(child: Path, child_column: str, parent: Path, parent_column: str, *,
+                       batch_rows: int = 250_000) -> tuple[int, int, int]:
+    """(child rows, child nulls, non-null child values absent from the parent column), bounded memory."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows = int(pq.ParquetFile(child).metadata.num_rows)
+    parent_rows = int(pq.ParquetFile(parent).metadata.num_rows)
+    nulls = 0
+    missing = 0
+    prefixes = _prefixes(max(rows, parent_rows))
+    width = max(len(p or "") for p in prefixes)
+    for i, prefix in enumerate(prefixes):
+        keys = [_partition(pc.cast(v, pa.string()), prefix, width)
+                for v in _column_batches(parent, parent_column, batch_rows)]
+        key_set = pc.unique(pa.concat_arrays(keys)) if keys else pa.array([], pa.string())
+        for values in _column_batches(child, child_column, batch_rows):
+            if i == 0:
+                nulls += values.null_count
+            part = _partition(pc.cast(values, pa.string()), prefix, width)
+            missing += int(pc.sum(pc.invert(pc.is_in(part, value_set=key_set))).as_py() or 0)
+    return rows, nulls, missing
 
 
 def _to_pandas(data: Any) -> pd.DataFrame:

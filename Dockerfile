@@ -1,0 +1,33 @@
+# The contract-extracts image: the official Airflow 3.3 image (Python 3.11) plus this project, installed with
+# the pinned constraints, its DAGs and its UI plugin, and the recipient-side tools (age, gnupg, openssh-client).
+# It carries no secrets, no contract files and no keys: mount or inject those at run time (docs/deploy.md).
+#
+#   docker build -t contract-extracts:0.1.0 .
+#   docker run --rm contract-extracts:0.1.0 airflow version
+FROM apache/airflow:3.3.2-python3.11
+
+USER 0
+# Debian's own versions of these tools, kept current by rebuilding on the base image's updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends age gnupg openssh-client \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/*
+
+# The image's airflow user (uid 50000, group 0, as in the official image).
+USER 50000
+WORKDIR /opt/contract-extracts
+COPY --chown=50000:0 pyproject.toml constraints.txt README.md ./
+COPY --chown=50000:0 src ./src
+# The constraints pin apache-airflow to the base image's 3.3.2, so the install cannot move Airflow itself.
+RUN pip install --no-cache-dir -c constraints.txt . \
+ && python -c "import contract_extracts.airflow_glue.ui, contract_extracts.pipeline.stages"
+
+COPY --chown=50000:0 dags /opt/airflow/dags
+COPY --chown=50000:0 plugins /opt/airflow/plugins
+
+# Contract files and the approver registry are mounted here (a volume or a ConfigMap), never baked in.
+ENV CONTRACT_EXTRACTS_CONFIG_DIR=/opt/airflow/contract-configs \
+    CONTRACT_EXTRACTS_HOME=/opt/airflow/contract-extracts \
+    GX_ANALYTICS_ENABLED=false
+WORKDIR /opt/airflow

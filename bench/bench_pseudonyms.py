@@ -1,0 +1,156 @@
+"""Benchmark: pseudonymise 5,000,000 NINO values (the hot loop of masking). Not a test.
+
+    .venv/bin/python bench/bench_pseudonyms.py [--values 5000000] [--repeat 3] [--spaced]
+
+Every mode runs in its own process (so its peak RSS is its own) and streams record batches, never a
+Python list of the whole column. Printed per mode: values/s (best of --repeat), the ratio to the plain
+loop measured in the same run, peak RSS of the process (and of its hash workers), and whether the output
+is byte-identical to the design.md formula computed by the plain loop (sha256 over all pseudonyms).
+
+Modes:
+  baseline      [hmac.new(key, b"person\\x00" + v.encode(), "sha256").hexdigest()[:32] for v in batch]
+                (canonical input; the loop alone is timed, as in field-notes.md)
+  1 core        masking.pseudonyms.pseudonymise_array, 65,536-value batches (the pipeline default)
+  2 cores       the same with 2 hash worker processes, 65,536-value batches
+  2 cores large the same with 1,048,576-value batches
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+KEY = hashlib.sha256(b"benchmark key, not a secret").digest()
+ENTITY = "person"
+LETTERS = np.frombuffer(b"ABCEGHJKLMNPRSTWXYZ", dtype=np.uint8)
+SUFFIX = np.frombuffer(b"ABCD", dtype=np.uint8)
+DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+
+
+def nino_batch(start: int, n: int, spaced: bool) -> pa.Array:
+    """n synthetic NINOs (format only), built straight into Arrow buffers; deterministic in ``start``."""
+    rng = np.random.default_rng(start)
+    width = 13 if spaced else 9
+    chars = np.empty((n, width), dtype=np.uint8)
+    cols = ([LETTERS, LETTERS] + [DIGITS] * 6 + [SUFFIX])
+    picks = [c[rng.integers(0, len(c), n)] for c in cols]
+    if spaced:  # "AB 12 34 56 C"
+        layout = [0, 1, None, 2, 3, None, 4, 5, None, 6, 7, None, 8]
+        for j, src in enumerate(layout):
+            chars[:, j] = ord(" ") if src is None else picks[src]
+    else:
+        for j in range(9):
+            chars[:, j] = picks[j]
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes())])
+
+
+CHUNK = 65_536  # data depends on the value index only, not on the batch size
+
+
+def batches(total: int, size: int, spaced: bool):
+    for start in range(0, total, size):
+        stop = min(start + size, total)
+        chunks = [nino_batch(c, min(CHUNK, stop - c), spaced) for c in range(start, stop, CHUNK)]
+        yield chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks)
+
+
+def run_baseline(total: int, size: int, spaced: bool) -> tuple[float, str]:
+    digest = hashlib.sha256()
+    elapsed = 0.0
+    prefix = ENTITY.encode() + b"\x00"
+    for batch in batches(total, size, spaced):
+        values = ["".join(v.split()).upper() for v in batch.to_pylist()] if spaced else batch.to_pylist()
+        t0 = time.perf_counter()
+        out = [hmac.new(KEY, prefix + v.encode(), "sha256").hexdigest()[:32] for v in values]
+        elapsed += time.perf_counter() - t0
+        digest.update("".join(out).encode())
+    return elapsed, digest.hexdigest()
+
+
+def run_masking(total: int, size: int, spaced: bool, workers: int) -> tuple[float, str]:
+    from contract_extracts.masking.hashing import HashPool
+    from contract_extracts.masking.pseudonyms import pseudonymise_array
+
+    digest = hashlib.sha256()
+    elapsed = 0.0
+    with HashPool(workers) as pool:
+        if workers > 1:  # start the workers before timing (a pipeline run starts them once per stage)
+            pseudonymise_array(nino_batch(1, 40_000, spaced), key=KEY, entity=ENTITY, canonicaliser="nino",
+                               pool=pool)
+        for batch in batches(total, size, spaced):
+            t0 = time.perf_counter()
+            out = pseudonymise_array(batch, key=KEY, entity=ENTITY, canonicaliser="nino", pool=pool)
+            elapsed += time.perf_counter() - t0
+            data = out.buffers()[2]
+            digest.update(memoryview(data)[: 32 * len(out)])
+    return elapsed, digest.hexdigest()
+
+
+def child(args: argparse.Namespace) -> None:
+    best, out = None, None
+    for _ in range(args.repeat):
+        if args.mode == "baseline":
+            elapsed, out = run_baseline(args.values, args.batch, args.spaced)
+        else:
+            elapsed, out = run_masking(args.values, args.batch, args.spaced, args.workers)
+        best = elapsed if best is None else min(best, elapsed)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"seconds": best, "sha256": out, "rss_mib": own, "worker_rss_mib": children}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--values", type=int, default=5_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--spaced", action="store_true", help="input like 'AB 12 34 56 C' instead of 'AB123456C'")
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=65_536, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        child(args)
+        return
+    modes = [("baseline (plain hmac loop)", "baseline", 65_536, 1),
+             ("masking, 1 core, 65,536/batch", "mask", 65_536, 1),
+             ("masking, 2 cores, 65,536/batch", "mask", 65_536, 2),
+             ("masking, 2 cores, 1,048,576/batch", "mask", 1_048_576, 2)]
+    print(f"{args.values:,} NINO values ({'spaced' if args.spaced else 'canonical'} input), best of "
+          f"{args.repeat}; {os.cpu_count()} CPU(s)")
+    results = {}
+    for label, mode, batch, workers in modes:
+        cmd = [sys.executable, __file__, "--mode", mode, "--batch", str(batch), "--workers", str(workers),
+               "--values", str(args.values), "--repeat", str(args.repeat)] + (["--spaced"] if args.spaced else [])
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+        results[label] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results["baseline (plain hmac loop)"]
+    base_rate = args.values / base["seconds"]
+    print(f"{'mode':36} {'values/s':>12} {'× baseline':>11} {'peak RSS':>10} {'workers RSS':>12}  identical")
+    for label, r in results.items():
+        rate = args.values / r["seconds"]
+        same = "yes" if r["sha256"] == base["sha256"] else "NO"
+        workers_rss = f"{r['worker_rss_mib']:.0f} MiB" if r["worker_rss_mib"] else "-"
+        print(f"{label:36} {rate:>12,.0f} {rate / base_rate:>10.2f}× {r['rss_mib']:>6.0f} MiB {workers_rss:>12}  "
+              f"{same}")
+    if any(r["sha256"] != base["sha256"] for r in results.values()):
+        sys.exit("output differs from the design.md formula")
+
+
+if __name__ == "__main__":
+    main()

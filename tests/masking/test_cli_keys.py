@@ -1,0 +1,59 @@
+"""`contract-extracts keys …` (cli/keys.py): files 0600, only public parts and key ids printed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from contract_extracts.cli import keys as keys_cli
+from contract_extracts.cli import main
+
+
+def run(argv: list[str]) -> int:
+    """Through the real CLI when it has `keys`, else through cli/keys.py's own parser."""
+    try:
+        return main(argv)
+    except SystemExit as exc:  # `keys` not registered in this tree: use the module's parser
+        if exc.code != 2:
+            raise
+    parser = argparse.ArgumentParser(prog="contract-extracts")
+    keys_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_rotation_workflow_prints_ids_only(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    old, new = tmp_path / "master-2026.key", tmp_path / "master-2027.key"
+    assert run(["keys", "new-master", str(old)]) == 0
+    assert run(["keys", "new-master", str(new)]) == 0
+    secrets = [old.read_text().strip(), new.read_text().strip()]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (old, new))
+    printed = capsys.readouterr().out
+    ids = [line.rsplit("key id ", 1)[1] for line in printed.splitlines()]
+    assert len(ids) == 2 and all(len(i) == 16 for i in ids)
+
+    monkeypatch.delenv("CONTRACT_EXTRACTS_MASTER_KEY", raising=False)
+    monkeypatch.setenv("CONTRACT_EXTRACTS_MASTER_KEY_FILE", f"{old}{os.pathsep}{new}")
+    monkeypatch.setenv("CONTRACT_EXTRACTS_MASTER_KEY_ID", ids[1])
+    assert run(["keys", "id"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(ids[0]) and "current" not in out[0]
+    assert out[1].startswith(f"{ids[1]}  current")
+    assert run(["keys", "id", "--file", str(old)]) == 0
+    assert capsys.readouterr().out.startswith(ids[0])
+    assert not any(s in printed or s in "\n".join(out) for s in secrets)
+
+
+def test_key_id_of_a_badly_protected_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "m.key"
+    assert run(["keys", "new-master", str(path)]) == 0
+    os.chmod(path, 0o644)
+    secret = path.read_text().strip()
+    with pytest.raises(Exception) as info:
+        keys_cli._ids(argparse.Namespace(file=[str(path)]))
+    assert "chmod 600" in str(info.value) and secret not in str(info.value)
