@@ -122,6 +122,9 @@ def step_pipeline(url: str) -> int:
     os.environ.update(CONTRACT_EXTRACTS_HOME=str(home), CONTRACT_EXTRACTS_CONFIG_DIR=str(home / "configs"),
                       CONTRACT_EXTRACTS_MASTER_KEY_FILE=str(keys["master"]),
                       CONTRACT_EXTRACTS_SIGNING_KEY_FILE=str(keys["signing"]))
+    from contract_extracts.authorisation.testing import approve_for_tests
+
+    approve_for_tests(home / "configs", home, [contracts / "C-BENCH-1.yaml"])  # a throwaway approver
     ctx = RunContext(contract_path=contracts / "C-BENCH-1.yaml", settings=load_settings(), actor="bench",
                      run_key=f"bench/{uuid.uuid4()}", run_after=dt.datetime.now(dt.UTC),
                      resolve_connection=lambda _c: sa.engine.make_url(url), trigger={"system": "bench"})

@@ -59,8 +59,9 @@ def dags(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_manual_delivery_params_are_schema_validated(dags: dict) -> None:
     for dag_id, d in dags.items():
-        assert set(d["params"]) == {"delivery_reference", "reason"}, dag_id
-        assert d["defaults"] == {"delivery_reference": None, "reason": None}, "scheduled runs need no params"
+        assert set(d["params"]) == {"delivery_reference", "reason", "full_refresh"}, dag_id
+        assert d["defaults"] == {"delivery_reference": None, "reason": None, "full_refresh": False}, \
+            "scheduled runs need no params"
         assert d["params"]["delivery_reference"]["maxLength"] == 64 and d["params"]["reason"]["maxLength"] == 200
         assert all(d["ok"].values()), d["ok"]
         assert all(v != "accepted" for v in d["bad"].values()), d["bad"]

@@ -44,7 +44,8 @@ def contract() -> Contract:
         "security_assurance": {"framework": "SARA", "reference": "r", "expires": "2099-01-01"},
         "valid": {"from": "2020-01-01", "until": "2099-01-01"}, "source": {"connection": "src"},
         "datasets": [{"name": "people", "table": "people",
-                      "columns": {c: {"treatment": "keep"} for c in ("id", "key", "born", "note")}}],
+                      "columns": {c: {"treatment": "keep", "free_text": False}
+                                  for c in ("id", "key", "born", "note")}}],
         "recipients": [{"name": "r", "age": "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"}],
     })
 

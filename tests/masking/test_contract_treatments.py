@@ -112,8 +112,9 @@ CHECK_ERRORS = {
     "sample-entity-not-in-a-dataset": (lambda d: d.update(sample={"entity": "person", "fraction": 0.1}),
                                        "datasets[1].columns", "'payments' has no column pseudonymised"),
     "sample-entity-twice": (lambda d: (payments(d).update(
-        paid_to={"treatment": "pseudonymise", "entity": "claimant", "canonicalise": "integer"}),
-        d.update(sample={"entity": "claimant", "fraction": 0.1})), "datasets[1].columns", "2 columns"),
+        payer={"treatment": "pseudonymise", "entity": "person"},
+        payee={"treatment": "pseudonymise", "entity": "person"}),
+        d.update(sample={"entity": "person", "fraction": 0.1})), "datasets[1].columns", "2 columns"),
     "date-shift-entity-missing": (lambda d: payments(d).update(paid_on={"treatment": "date_shift",
                                                                         "entity": "person"}),
                                   "datasets[1].columns.paid_on.entity", "found 0"),

@@ -220,7 +220,7 @@ def test_contract_changed_during_the_run_is_blocked(workspace: Workspace, sqlite
     pipeline = make_pipeline(workspace, "C-DEMO-001", sqlite_source)
     pipeline.authorise()
     rewrite_contract(workspace, "C-DEMO-001", lambda d: d["datasets"][0]["columns"].update(
-        first_name={"treatment": "keep"}))
+        postcode={"treatment": "keep"}))
     with pytest.raises(AuthorisationError, match="changed on disk"):
         pipeline.extract()
     pipeline.cleanup()

@@ -47,16 +47,23 @@ DELIVERY_PARAMS = {
         "description": f"Why this delivery is made, at most {REASON_MAX} characters. Recorded in the audit ledger: "
                        "never write personal data here.",
     },
+    "full_refresh": {
+        "type": "boolean",
+        "title": "Full refresh",
+        "description": "For incremental contracts: send the whole current extract instead of the rows changed "
+                       "since the last delivery (give the reason above). Recorded in the audit ledger.",
+    },
 }
 
 
 def _delivery_params() -> dict[str, Param]:
-    return {name: Param(None, **dict(schema)) for name, schema in DELIVERY_PARAMS.items()}
+    return {name: Param(False if schema.get("type") == "boolean" else None, **dict(schema))
+            for name, schema in DELIVERY_PARAMS.items()}
 
 
-def trigger_params(params: Any) -> dict[str, str]:
+def trigger_params(params: Any) -> dict[str, Any]:
     """The manual-delivery params worth recording: printable, trimmed, bounded; unset ones are left out."""
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for name, limit in (("delivery_reference", REFERENCE_MAX), ("reason", REASON_MAX)):
         try:
             value = params.get(name) if params is not None else None
@@ -66,6 +73,12 @@ def trigger_params(params: Any) -> dict[str, str]:
             value = "".join(ch for ch in value if ch.isprintable()).strip()[:limit]
             if value:
                 out[name] = value
+    try:
+        full_refresh = params.get("full_refresh") if params is not None else None
+    except Exception:  # params without the key (older runs): not a full refresh
+        full_refresh = None
+    if full_refresh is True:
+        out["full_refresh"] = True
     return out
 
 

@@ -89,10 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     if "audit" not in _AREA_MODULES:
         importlib.import_module("contract_extracts.cli.audit").register(sub)
 
-    # `keys` lives in cli/keys.py; registered here until it is listed in _AREA_MODULES.
-    if "keys" not in _AREA_MODULES:
-        importlib.import_module("contract_extracts.cli.keys").register(sub)
-
     p = sub.add_parser("demo", help="set up and run both demo contracts through Airflow")
     p.add_argument("--people", type=int, default=100_000, help="synthetic claimants (default 100000)")
     p.set_defaults(func=_cmd_demo)

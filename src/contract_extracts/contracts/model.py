@@ -22,6 +22,7 @@ from contract_extracts.contracts.treatments import (
     TREATMENT_NAMES,
     Sample,
     Treatment,
+    check_treatments,
 )
 
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
@@ -122,6 +123,8 @@ class Contract(Strict):
     schedule: str | None = None
     source: Source
     linkage: Literal["contract", "delivery"] = "contract"
+    key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$",
+                               description="pin the master key by its key id (default: the current key)")
     sample: Sample | None = None
     datasets: list[Dataset] = Field(min_length=1)
     disclosure: Disclosure | None = None
@@ -164,12 +167,14 @@ class Contract(Strict):
             if item.dataset not in by_name or item.column not in by_name[item.dataset].columns:
                 raise ValueError(f"unmasked column {item.dataset}.{item.column} is not a listed column")
         check_disclosure(self)  # key variables, sensitive attributes, aggregates (names the key)
+        check_treatments(self)  # entities, free text, unmasked columns (contracts/treatments.py)
         return self
 
     @model_serializer(mode="wrap")
     def _serialise(self, handler: Any) -> dict[str, Any]:
         # Unset output options stay out of the canonical form: older contracts keep their content hash.
-        return {k: v for k, v in handler(self).items() if not (k in ("aggregates", "microdata") and v is None)}
+        unset = ("aggregates", "microdata", "key_id")
+        return {k: v for k, v in handler(self).items() if not (k in unset and v is None)}
 
     # ---- derived names ---------------------------------------------------------------------
     @property

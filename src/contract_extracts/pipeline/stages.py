@@ -32,6 +32,7 @@ from contract_extracts.core.errors import (
     AuthorisationError,
     ContractExtractsError,
     DeliveryError,
+    SourceError,
     StageFailed,
     ValidationFailed,
 )
@@ -48,7 +49,7 @@ from contract_extracts.delivery.recipients import manifest_recipients, package_f
 from contract_extracts.delivery.signing import fingerprint, load_signing_key
 from contract_extracts.delivery.transports import deliver_local
 from contract_extracts.extract.sources import create_source_engine
-from contract_extracts.masking.keys import ContractKeys, KeySource, load_master_key, resolve_master_key
+from contract_extracts.masking.keys import ContractKeys, KeySource, resolve_master_key
 from contract_extracts.masking.treatments import describe
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class Pipeline:
             self._append("run_started", {"contract_file": contract_file, "contract_hash": digest,
                                          "contractor": contract.contractor, "trigger": self.ctx.trigger})
             self._check_authorised(contract)
-            load_master_key()
+            resolve_master_key(self.ctx.key_source, contract.key_id)  # the pinned or current key is available
             load_signing_key()
             make_private_dir(self.staging)
             # Which approvals this run relies on (set by _check_authorised; see authorisation/gate.py).
@@ -199,9 +200,9 @@ class Pipeline:
         # recorded in the ledger when it changed); unmasked columns need two approvers, one an IAM.
         self._authorisation = check_approvals(contract, ledger=self.ledger, config_dir=self.ctx.settings.config_dir,
                                               actor=self.ctx.actor)
-        if contract.incremental is not None:
-            raise AuthorisationError("the contract asks for incremental deliveries, which this version cannot "
-                                     "track yet; the run is refused rather than sending a full extract")
+        if contract.incremental is not None and contract.sample is not None and contract.sample.max_records:
+            raise AuthorisationError("incremental deliveries cannot use sample.max_records (bottom-k depends on the "
+                                     "whole population); sample by fraction only (docs/extraction.md)")
 
     def extract(self) -> dict:
         def body() -> dict:
@@ -209,7 +210,7 @@ class Pipeline:
             from contract_extracts.masking.hashing import HashPool, default_workers
 
             contract = self._contract()
-            master = resolve_master_key(self.ctx.key_source, getattr(contract, "key_id", None))
+            master = resolve_master_key(self.ctx.key_source, contract.key_id)
             keys = ContractKeys.for_delivery(master, contract.contract, contract.linkage, self.delivery_id)
             reference_date = self.ctx.today or self.ctx.run_after.astimezone(dt.UTC).date()
             url = self.ctx.resolve_connection(contract.source.connection)
@@ -220,6 +221,7 @@ class Pipeline:
                 # Every table reflected and every column planned before any data is read (fail early).
                 planned = plan_extract(engine, contract, file=str(self.ctx.contract_path),
                                        reference_date=reference_date)
+                windows = self._incremental_windows(engine, contract, planned)
                 data_dir = make_private_dir(self.staging / "data")
                 with HashPool(self.ctx.hash_workers or default_workers()) as pool:
                     if contract.sample is not None:
@@ -244,15 +246,43 @@ class Pipeline:
                 sample_state = {**sample.to_dict(), "datasets": [
                     {"name": item.name, "population_rows": item.population_rows, "rows": item.rows}
                     for item in planned]}
-            state = {"key_id": keys.key_id, "datasets": datasets, "sample": sample_state}
+            state = {"key_id": keys.key_id, "datasets": datasets, "sample": sample_state, "windows": windows}
             self._write_state("extract.json", state)
             self._append("extract_done", {"key_id": keys.key_id, "datasets": [
                 {"name": d["name"], "rows": d["rows"], "columns": [c["name"] for c in d["columns"]]}
-                for d in datasets], "sample": sample_state})
+                for d in datasets], "sample": sample_state, **({"windows": windows} if windows else {})})
             return {"datasets": [{"name": d["name"], "rows": d["rows"]} for d in datasets],
                     **({"sample": {k: sample_state[k] for k in ("population", "sample_size")}} if sample_state
                        else {})}
         return self._run_stage("extract", body)
+
+    def _incremental_windows(self, engine, contract: Contract, planned: list) -> list[dict] | None:
+        """Narrow every planned query to its incremental window (docs/extraction.md); None if not incremental."""
+        if contract.incremental is None:
+            return None
+        import dataclasses
+
+        from contract_extracts.pipeline.incremental import current_upper, plan_window, previous_marks, window_clause
+
+        column = contract.incremental.column
+        full = bool(self.ctx.trigger.get("full_refresh"))
+        _delivery, previous = previous_marks(self.ledger, contract.contract)
+        windows = []
+        with engine.connect() as conn:
+            for item in planned:
+                if column not in item.table.c:
+                    raise SourceError(f"dataset {item.name!r}: incremental column {column!r} does not exist in "
+                                      f"table {item.dataset.table!r}. Fix: add it or remove 'incremental'")
+                filter_clause = item.query.statement.whereclause
+                window = plan_window(item.name, column, previous.get(item.name),
+                                     current_upper(conn, item.table, column, filter_clause), full_refresh=full)
+                clause = window_clause(item.table, window)
+                if clause is not None:
+                    item.query = dataclasses.replace(item.query, statement=item.query.statement.where(clause))
+                windows.append(window.to_dict())
+        log.info("incremental windows: %s", ", ".join(
+            f"{w['dataset']} {'full' if w['full'] else 'incremental'}" for w in windows))
+        return windows
 
     def disclosure(self) -> dict:
         """Aggregate tables, then risk assessment and treatment of the microdata (docs/disclosure.md)."""
@@ -495,6 +525,17 @@ def _frames(exc: BaseException) -> str:
     return "".join(traceback.format_tb(exc.__traceback__))
 
 
+def _window_lines(windows: list[dict] | None) -> list[str]:
+    if not windows:
+        return []
+    if all(w["full"] for w in windows):
+        return ["- Delivery kind: full refresh of an incremental contract (every current matching record)."]
+    column = windows[0]["column"]
+    return [f"- Delivery kind: incremental: only records whose `{column}` changed since the previous delivery "
+            "(window in manifest.json, extract.windows). Deleted source records cannot appear in an "
+            "incremental delivery; a full refresh re-sends everything."]
+
+
 def render_codebook(contract: Contract, delivery_id: str, created: dt.datetime, state: dict,
                     disclosure: dict | None = None) -> str:
     from contract_extracts.disclosure.report import codebook_lines, column_notes, microdata_included
@@ -526,6 +567,7 @@ def render_codebook(contract: Contract, delivery_id: str, created: dt.datetime, 
             "pseudonyms are stable across this contract's deliveries."
             if contract.linkage == "contract" else "pseudonyms are new in every delivery."),
         records,
+        *_window_lines(state.get("windows")),
         "- Disclosure control: see the section 'Disclosure control' at the end.",
         "",
         "Pseudonyms of the same entity are equal across the datasets of this package, so the datasets",
