@@ -84,3 +84,19 @@ def test_parsing_touches_no_database_or_network(tmp_path: Path) -> None:
     result = dagbag(tmp_path, REPO / "configs")
     assert result["errors"] == {}
     assert not (tmp_path / "state").exists()
+
+
+def test_a_partitioned_contract_gets_mapped_partition_tasks(tmp_path: Path) -> None:
+    import yaml
+
+    config_dir = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", config_dir)
+    path = config_dir / "contracts" / "C-DEMO-002.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["datasets"][0]["partition"] = {"column": "id", "parts": 4}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = dagbag(tmp_path, config_dir)
+    assert result["errors"] == {}
+    tasks = result["dags"]["contract_c_demo_002"]["tasks"]
+    assert {"plan_partitions", "extract_partition", "extract"} <= set(tasks)
+    assert "plan_partitions" not in result["dags"]["contract_c_demo_001"]["tasks"]

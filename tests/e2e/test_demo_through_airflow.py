@@ -243,3 +243,47 @@ def test_dag_run_with_a_column_missing_from_the_source_is_blocked(demo_runs, tmp
                              env=demo_env(home), capture_output=True, text=True, check=True).stdout
     assert "shoe_size" in blocked and '"stage": "extract"' in blocked
     assert not list((home / "staging").rglob("*.parquet")), "staging is removed after a failed run"
+
+
+@pytest.mark.integration
+def test_partitioned_delivery_from_postgresql_through_airflow(demo_runs, tmp_path: Path) -> None:
+    """Mapped partition tasks read one exported snapshot, held by a process that outlives the plan task."""
+    from contract_extracts.audit.ledger import Ledger
+    from contract_extracts.demo.runner import airflow_environment, approve_demo_contracts
+    from contract_extracts.demo.synthetic import write_demo_source
+    from tests.conftest import airflow_uri, temporary_database
+
+    home, *_ = demo_runs
+    with temporary_database("postgresql") as url:
+        write_demo_source(url, n_people=800)
+        config_dir = tmp_path / "configs"
+        (config_dir / "contracts").mkdir(parents=True)
+        shutil.copy(home / "demo" / "configs" / "approvers.yaml", config_dir / "approvers.yaml")
+        data = yaml.safe_load((home / "demo" / "configs" / "contracts" / "C-DEMO-002.yaml").read_text())
+        data["source"] = {"connection": "demo_pg"}
+        data["datasets"][0]["partition"] = {"column": "id", "parts": 3}
+        contract = config_dir / "contracts" / "C-DEMO-002.yaml"
+        contract.write_text(yaml.safe_dump(data, sort_keys=False))
+        with Ledger(f"sqlite:///{home / 'ledger.sqlite'}") as ledger:
+            approve_demo_contracts([contract], config_dir / "approvers.yaml", home / "keys" / "demo-approver", ledger)
+        keys = {"master": home / "keys" / "master.key", "signing": home / "keys" / "sender-signing.key"}
+        env = airflow_environment(home=home, dags_dir=REPO / "dags", config_dir=config_dir, keys=keys,
+                                  connections={"demo_pg": airflow_uri(url)}, base=demo_env(home))
+        drop_before = set((home / "drop").rglob("*.tar.age"))
+        proc = subprocess.run(["airflow", "dags", "test", "contract_c_demo_002"], env=env, capture_output=True,
+                              text=True, timeout=400, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        new = set((home / "drop").rglob("*.tar.age")) - drop_before
+        assert len(new) == 1
+        shown = subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-002", "--json"], env=demo_env(home),
+                               capture_output=True, text=True, check=True).stdout
+        delivery = new.pop().name.removesuffix(".tar.age").split("_", 1)[1]
+        actions = [json.loads(line)["action"] for line in shown.splitlines()
+                   if json.loads(line)["delivery"] == delivery]
+        assert "partitions_planned" in actions and "snapshot_released" in actions and "delivered" in actions
+        out = tmp_path / "out"
+        subprocess.run([CLI, "decrypt", str(next(p for p in (home / "drop").rglob(f"*{delivery}*"))),
+                        "--identity", str(home / "demo" / "identities" / "borealis-analyst.txt"),
+                        "--sender-key", str(home / "keys" / "sender-signing.pub"), "--out", str(out)], check=True,
+                       capture_output=True)
+        assert pq.read_table(out / "data" / "claimants.parquet").num_rows == 800

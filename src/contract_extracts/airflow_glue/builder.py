@@ -157,12 +157,12 @@ def _pipeline(contract_path: Path, context: dict[str, Any]):
     return Pipeline(ctx)
 
 
-def _call_stage(contract_path: Path, stage: str, context: dict[str, Any]) -> dict:
+def _call_stage(contract_path: Path, stage: str, context: dict[str, Any], *args: Any) -> dict:
     from airflow.sdk.exceptions import AirflowFailException
 
     pipeline = _pipeline(contract_path, context)
     try:
-        return getattr(pipeline, stage)()
+        return getattr(pipeline, stage)(*args)
     except ContractExtractsError as exc:
         if type(exc).__name__ == "StageFailed":
             raise  # foreign cause: let Airflow retry
@@ -262,6 +262,20 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
         chain = [authorise(), extract(), disclosure(), validate(), package(), deliver(), record()]
         for upstream, downstream in itertools.pairwise(chain):
             upstream >> downstream
+        if any(d.partition is not None for d in contract.datasets):
+            # Key ranges read by mapped tasks (any worker) from one snapshot; extract merges the parts.
+            @task(task_id="plan_partitions")
+            def plan_partitions(**context: Any) -> list[dict]:
+                return _call_stage(contract_path, "plan_partitions", context)["parts"]
+
+            @task(task_id="extract_partition")
+            def extract_partition(part: dict, **context: Any) -> dict:
+                return _call_stage(contract_path, "extract_partition", context, part)
+
+            planned = plan_partitions()
+            parts = extract_partition.expand(part=planned)
+            chain[0] >> planned
+            parts >> dag.get_task("extract")
         chain[-1] >> cleanup_staging()
         chain[0] >> dag.get_task("cleanup_staging")
     return dag

@@ -72,8 +72,21 @@ def plan_extract(engine: sa.Engine, contract: Any, *, file: str | None,
     return planned
 
 
+def source_batches(engine: sa.Engine, query: Any, batch_rows: int, *, snapshot: str | None = None,
+                   where: sa.ColumnElement | None = None, consistent: bool = False) -> Iterator[pa.RecordBatch]:
+    """Batches of ``query``; inside the delivery's shared snapshot and/or a key range when given."""
+    if snapshot is None and where is None and not consistent:
+        yield from stream_batches(engine, query, batch_rows)
+        return
+    from contract_extracts.extract.partitioning import snapshot_connection
+
+    with snapshot_connection(engine, snapshot) as conn:
+        yield from stream_batches(engine, query, batch_rows, connection=conn, where=where)
+
+
 def draw_sample(engine: sa.Engine, contract: Any, planned: list[PlannedDataset], keys: ContractKeys, *,
-                batch_rows: int, spill_dir: Path, pool: HashPool | None = None) -> SampleResult:
+                batch_rows: int, spill_dir: Path, pool: HashPool | None = None,
+                snapshot: str | None = None) -> SampleResult:
     """First pass: ranks of the sampling entity in every dataset → the limit and exact counts."""
     sample = contract.sample
     draw = SampleDraw(entity=sample.entity, fraction=sample.fraction, max_records=sample.max_records,
@@ -83,7 +96,7 @@ def draw_sample(engine: sa.Engine, contract: Any, planned: list[PlannedDataset],
                                                                    item.dataset.columns[item.sample_column]}})
         query = plan_query(item.table, narrowed, contract)
         rows = 0
-        for batch in stream_batches(engine, query, batch_rows):
+        for batch in source_batches(engine, query, batch_rows, snapshot=snapshot):
             _, batch_ranks = _ranks(batch, item, keys, sample.entity, pool)
             draw.add(batch_ranks)
             rows += batch.num_rows
@@ -94,9 +107,11 @@ def draw_sample(engine: sa.Engine, contract: Any, planned: list[PlannedDataset],
 
 
 def masked_batches(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, *, batch_rows: int,
-                   sample: SampleResult | None, entity: str | None, pool: HashPool | None = None
-                   ) -> Iterator[pa.RecordBatch]:
-    for batch in stream_batches(engine, item.query, batch_rows):
+                   sample: SampleResult | None, entity: str | None, pool: HashPool | None = None,
+                   snapshot: str | None = None, where: sa.ColumnElement | None = None,
+                   consistent: bool = False) -> Iterator[pa.RecordBatch]:
+    for batch in source_batches(engine, item.query, batch_rows, snapshot=snapshot, where=where,
+                                consistent=consistent):
         if sample is not None:
             valid, batch_ranks = _ranks(batch, item, keys, entity, pool)
             batch = filter_rows(batch, valid, keep_mask(batch_ranks, sample.limit))
@@ -114,14 +129,15 @@ def _ranks(batch: pa.RecordBatch, item: PlannedDataset, keys: ContractKeys, enti
 
 def write_masked(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, path: Path, *, batch_rows: int,
                  sample: SampleResult | None = None, entity: str | None = None,
-                 pool: HashPool | None = None) -> int:
-    """Masked pass of one dataset into ``path`` (Parquet, zstd); returns the rows written."""
+                 pool: HashPool | None = None, snapshot: str | None = None,
+                 where: sa.ColumnElement | None = None, consistent: bool = False) -> int:
+    """Masked pass of one dataset (or one key range of it) into ``path`` (Parquet, zstd); returns rows."""
     rows = 0
     next_report = REPORT_EVERY
     schema = output_schema(item.plans)
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for masked in masked_batches(engine, item, keys, batch_rows=batch_rows, sample=sample, entity=entity,
-                                     pool=pool):
+                                     pool=pool, snapshot=snapshot, where=where, consistent=consistent):
             if masked.num_rows:
                 writer.write_batch(masked)
             rows += masked.num_rows

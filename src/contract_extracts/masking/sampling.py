@@ -67,6 +67,15 @@ class SampleResult:
     def fraction_delivered(self) -> float | None:
         return self.sample_size / self.population if self.population else None
 
+    def to_state(self) -> dict:
+        """Everything needed to apply this draw again (private staging only: holds the rank limit)."""
+        return {"entity": self.entity, "fraction": self.fraction, "max_records": self.max_records,
+                "limit": self.limit, "population": self.population, "sample_size": self.sample_size}
+
+    @classmethod
+    def from_state(cls, data: dict) -> SampleResult:
+        return cls(**data)
+
     def to_dict(self) -> dict:
         return {"entity": self.entity, "fraction_requested": self.fraction, "max_records": self.max_records,
                 "population": self.population, "sample_size": self.sample_size,

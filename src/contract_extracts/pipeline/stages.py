@@ -17,11 +17,13 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from sqlalchemy.engine import URL
 
 from contract_extracts.audit.ledger import Ledger
@@ -50,6 +52,7 @@ from contract_extracts.delivery.signing import fingerprint, load_signing_key
 from contract_extracts.delivery.transports import deliver_local
 from contract_extracts.extract.sources import create_source_engine
 from contract_extracts.masking.keys import ContractKeys, KeySource, resolve_master_key
+from contract_extracts.masking.sampling import SampleResult
 from contract_extracts.masking.treatments import describe
 
 log = logging.getLogger(__name__)
@@ -223,14 +226,26 @@ class Pipeline:
                                        reference_date=reference_date)
                 windows = self._incremental_windows(engine, contract, planned)
                 data_dir = make_private_dir(self.staging / "data")
+                plan = self._partition_plan()
+                snapshot = plan["snapshot"] if plan else None
                 with HashPool(self.ctx.hash_workers or default_workers()) as pool:
-                    if contract.sample is not None:
+                    if plan and plan["sample"]:
+                        sample = SampleResult.from_state(plan["sample"])  # drawn in the shared snapshot
+                        for item in planned:
+                            item.population_rows = plan["population_rows"].get(item.name)
+                    elif contract.sample is not None:
                         sample = draw_sample(engine, contract, planned, keys, batch_rows=self.ctx.settings.batch_rows,
                                              spill_dir=self.staging / "sample-ranks", pool=pool)
                     for item in planned:
-                        rows = _write_masked(engine, item, keys, data_dir / f"{item.name}.parquet",
-                                             self.ctx.settings.batch_rows, sample=sample,
-                                             entity=contract.sample.entity if contract.sample else None, pool=pool)
+                        path = data_dir / f"{item.name}.parquet"
+                        if plan and item.dataset.partition is not None:
+                            rows = _merge_parts(self._part_files(plan, item.name), path)
+                            item.rows = rows
+                        else:
+                            rows = _write_masked(engine, item, keys, path, self.ctx.settings.batch_rows,
+                                                 sample=sample,
+                                                 entity=contract.sample.entity if contract.sample else None,
+                                                 pool=pool, snapshot=snapshot)
                         datasets.append({
                             "name": item.name, "file": f"data/{item.name}.parquet", "rows": rows,
                             "columns": [{"name": p.name, "type": str(p.output_type),
@@ -246,6 +261,9 @@ class Pipeline:
                 sample_state = {**sample.to_dict(), "datasets": [
                     {"name": item.name, "population_rows": item.population_rows, "rows": item.rows}
                     for item in planned]}
+            if plan:
+                self._release_snapshot()
+                shutil.rmtree(self.staging / "parts", ignore_errors=True)
             state = {"key_id": keys.key_id, "datasets": datasets, "sample": sample_state, "windows": windows}
             self._write_state("extract.json", state)
             self._append("extract_done", {"key_id": keys.key_id, "datasets": [
@@ -255,6 +273,118 @@ class Pipeline:
                     **({"sample": {k: sample_state[k] for k in ("population", "sample_size")}} if sample_state
                        else {})}
         return self._run_stage("extract", body)
+
+    # ---- partitioned extraction (docs/extraction.md) ----------------------------------------------
+    def _partition_plan(self) -> dict | None:
+        path = self.staging / "partitions.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def _part_files(self, plan: dict, dataset: str) -> list[Path]:
+        parts = sorted((p for p in plan["parts"] if p["dataset"] == dataset), key=lambda p: p["index"])
+        files = [self.staging / "parts" / f"{p['dataset']}-part{p['index']:04d}.parquet" for p in parts]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise ContractExtractsError(f"dataset {dataset}: partition file(s) {', '.join(missing)} are missing; "
+                                        "a partition task did not finish")
+        return files
+
+    def _release_snapshot(self) -> None:
+        plan = self._partition_plan()
+        if not plan or not plan.get("snapshot"):
+            return
+        from contract_extracts.extract.snapshot_holder import RELEASED
+
+        done = any(r.contract == self.contract_id
+                   for r in self.ledger.records(delivery=self.delivery_id, action=RELEASED))
+        if not done:
+            self._append(RELEASED, {"partitions": len(plan["parts"])})
+
+    def _extract_setup(self, contract: Contract):
+        from contract_extracts.masking.engine import plan_extract
+
+        master = resolve_master_key(self.ctx.key_source, contract.key_id)
+        keys = ContractKeys.for_delivery(master, contract.contract, contract.linkage, self.delivery_id)
+        reference_date = self.ctx.today or self.ctx.run_after.astimezone(dt.UTC).date()
+        url = self.ctx.resolve_connection(contract.source.connection)
+        engine = create_source_engine(url)
+        planned = plan_extract(engine, contract, file=str(self.ctx.contract_path), reference_date=reference_date)
+        return keys, url, engine, planned
+
+    def plan_partitions(self) -> dict:
+        """Export one snapshot for the delivery, draw the sample in it, split partitioned datasets into ranges."""
+        def body() -> dict:
+            from contract_extracts.extract import snapshot_holder
+            from contract_extracts.extract.partitioning import plan_ranges
+            from contract_extracts.masking.engine import draw_sample
+            from contract_extracts.masking.hashing import HashPool, default_workers
+
+            contract = self._contract()
+            if contract.incremental is not None and any(d.partition for d in contract.datasets):
+                raise AuthorisationError("incremental deliveries of partitioned datasets are not supported yet; "
+                                         "remove 'partition' or 'incremental'")
+            keys, url, engine, planned = self._extract_setup(contract)
+            snapshot = None
+            try:
+                if engine.dialect.name == "postgresql":
+                    snapshot, _pid = snapshot_holder.start(url, ledger_url=self.ctx.settings.ledger_url,
+                                                           contract=contract.contract, delivery=self.delivery_id)
+                sample_state = None
+                if contract.sample is not None:
+                    with HashPool(self.ctx.hash_workers or default_workers()) as pool:
+                        sample = draw_sample(engine, contract, planned, keys, batch_rows=self.ctx.settings.batch_rows,
+                                             spill_dir=self.staging / "sample-ranks", pool=pool, snapshot=snapshot)
+                    sample_state = sample.to_state()
+                parts = []
+                for item in planned:
+                    if item.dataset.partition is None:
+                        continue
+                    spec = item.dataset.partition
+                    for rng in plan_ranges(engine, item.table, item.name, spec.column, spec.parts,
+                                           where=item.query.statement.whereclause):
+                        parts.append(rng.to_dict())
+            finally:
+                engine.dispose()
+            plan = {"snapshot": snapshot, "sample": sample_state, "parts": parts,
+                    "population_rows": {i.name: i.population_rows for i in planned}}
+            make_private_dir(self.staging / "parts")
+            self._write_state("partitions.json", plan)
+            self._append("partitions_planned", {
+                "snapshot": "shared (exported)" if snapshot else "per partition, bounded by a high-water mark",
+                "datasets": {d: sum(1 for p in parts if p["dataset"] == d) for d in {p["dataset"] for p in parts}}})
+            return {"parts": [{"dataset": p["dataset"], "index": p["index"]} for p in parts]}
+        return self._run_stage("plan_partitions", body)
+
+    def extract_partition(self, part: dict) -> dict:
+        """Read, mask and stage one key range of one dataset, inside the delivery's snapshot."""
+        def body() -> dict:
+            from contract_extracts.extract.partitioning import PartitionRange, range_clause
+            from contract_extracts.masking.engine import write_masked
+            from contract_extracts.masking.hashing import HashPool, default_workers
+
+            contract = self._contract()
+            plan = self._partition_plan()
+            if plan is None:
+                raise ContractExtractsError("partition plan is missing; plan_partitions must run first")
+            spec = next((p for p in plan["parts"] if p["dataset"] == part.get("dataset")
+                         and p["index"] == part.get("index")), None)
+            if spec is None:
+                raise ContractExtractsError("this partition is not in the delivery's plan")
+            rng = PartitionRange.from_dict(spec)
+            keys, _url, engine, planned = self._extract_setup(contract)
+            item = next(i for i in planned if i.name == rng.dataset)
+            sample = SampleResult.from_state(plan["sample"]) if plan["sample"] else None
+            target = self.staging / "parts" / f"{rng.label}.parquet"
+            try:
+                with HashPool(self.ctx.hash_workers or default_workers()) as pool:
+                    rows = write_masked(engine, item, keys, target, batch_rows=self.ctx.settings.batch_rows,
+                                        sample=sample, entity=contract.sample.entity if contract.sample else None,
+                                        pool=pool, snapshot=plan["snapshot"], where=range_clause(item.table, rng),
+                                        consistent=True)
+            finally:
+                engine.dispose()
+            log.info("partition %s: %d rows extracted and masked", rng.label, rows)
+            return {"dataset": rng.dataset, "index": rng.index, "rows": rows}
+        return self._run_stage("extract_partition", body)
 
     def _incremental_windows(self, engine, contract: Contract, planned: list) -> list[dict] | None:
         """Narrow every planned query to its incremental window (docs/extraction.md); None if not incremental."""
@@ -491,6 +621,10 @@ class Pipeline:
     def cleanup(self) -> dict:
         """Remove the plaintext staging folder; runs after success and after failure alike."""
         existed = self.staging.exists()
+        try:
+            self._release_snapshot()  # the holder ends; partitions can no longer import the snapshot
+        except Exception as exc:  # cleanup must still remove plaintext
+            log.error("could not release the source snapshot: %s", type(exc).__name__)
         remove_tree(self.staging)
         if self.staging.exists():
             raise StageFailed(f"staging folder for delivery {self.delivery_id} could not be removed")
@@ -504,7 +638,12 @@ class Pipeline:
     def run_all(self) -> dict:
         """All stages in order (CLI); cleanup always runs."""
         try:
-            for stage in STAGES:
+            self.authorise()
+            contract = load_contract(self.ctx.contract_path)
+            if any(d.partition for d in contract.datasets):
+                for part in self.plan_partitions()["parts"]:
+                    self.extract_partition(part)
+            for stage in STAGES[1:]:
                 getattr(self, stage)()
             return {"delivery_id": self.delivery_id, "package": self._read_state("package.json")}
         finally:
@@ -512,11 +651,28 @@ class Pipeline:
 
 
 def _write_masked(engine, item, keys: ContractKeys, path: Path, batch_rows: int, *, sample=None,
-                  entity: str | None = None, pool=None) -> int:
+                  entity: str | None = None, pool=None, **read) -> int:
     """Stream one planned dataset through masking (and the sample) into staged Parquet: masking/engine.py."""
     from contract_extracts.masking.engine import write_masked
 
-    return write_masked(engine, item, keys, path, batch_rows=batch_rows, sample=sample, entity=entity, pool=pool)
+    return write_masked(engine, item, keys, path, batch_rows=batch_rows, sample=sample, entity=entity, pool=pool,
+                        **read)
+
+
+def _merge_parts(parts: list[Path], path: Path) -> int:
+    """Concatenate partition files (in range order) into one Parquet file, a row group at a time."""
+    rows = 0
+    schema = pq.read_schema(parts[0])
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for part in parts:
+            reader = pq.ParquetFile(part)
+            for group in range(reader.num_row_groups):
+                table = reader.read_row_group(group)
+                writer.write_table(table)
+                rows += table.num_rows
+        if rows == 0:
+            writer.write_table(schema.empty_table())
+    return rows
 
 
 def _frames(exc: BaseException) -> str:
