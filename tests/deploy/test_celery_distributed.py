@@ -62,6 +62,10 @@ def celery_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for path in contracts:  # manual deliveries only, so exactly the runs this test triggers take place
         data = yaml.safe_load(path.read_text())
         data["schedule"] = None
+        if data["contract"] == "C-DEMO-001":  # a partitioned delivery: mapped partition tasks on both workers
+            for dataset, column in (("claimants", "id"), ("payments", "claimant_id")):
+                next(d for d in data["datasets"] if d["name"] == dataset)["partition"] = {"column": column,
+                                                                                        "parts": 3}
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     source = home / "demo" / "claims.sqlite"
     write_demo_source(f"sqlite:///{source}", n_people=1500)
@@ -169,6 +173,12 @@ def test_one_delivery_per_contract_spread_over_two_celery_workers(celery_cluster
     assert states == dict.fromkeys(DAGS, "success")
     all_hosts = {h for hosts in hosts_by_dag.values() for h in hosts.values()}
     assert all_hosts == set(WORKERS), f"tasks ran on {all_hosts}, expected both workers"
+    partition_hosts = [h for key, h in hosts_by_dag["contract_c_demo_001"].items()
+                       if key.startswith("extract_partition[")]
+    assert len(partition_hosts) == 6, "3 ranges of claimants and 3 of payments, as mapped task instances"
+    print("partition tasks by worker:", sorted(partition_hosts))
+    assert set(hosts_by_dag["contract_c_demo_001"].values()) == set(WORKERS), \
+        "the partitioned delivery itself must have run on both workers"
 
     with Ledger(celery_cluster["ledger_url"]) as ledger:
         verified = ledger.verify()

@@ -57,6 +57,9 @@ from contract_extracts.masking.treatments import describe
 
 log = logging.getLogger(__name__)
 
+# Great Expectations has a fixed cost per validated batch: validate in larger (still bounded) batches.
+VALIDATION_BATCH_ROWS = 250_000
+
 STAGES = ("authorise", "extract", "disclosure", "validate", "package", "deliver", "record")
 
 
@@ -425,7 +428,7 @@ class Pipeline:
             state = self._read_state("extract.json")
             try:
                 doc = run_disclosure(contract, self.staging, state,
-                                     batch_rows=max(self.ctx.settings.batch_rows, 100_000),
+                                     batch_rows=max(self.ctx.settings.batch_rows, VALIDATION_BATCH_ROWS),
                                      contract_file=str(self.ctx.contract_path))
             except DisclosureBlocked as exc:
                 if exc.report:
@@ -465,7 +468,8 @@ class Pipeline:
             run_year = (self.ctx.today or self.ctx.run_after.astimezone(dt.UTC).date()).year
             result = run_release_gate(contract, self.staging, state, disclosure_doc,
                                       self.ctx.resolve_connection(contract.source.connection),
-                                      batch_rows=max(self.ctx.settings.batch_rows, 100_000), run_year=run_year,
+                                      batch_rows=max(self.ctx.settings.batch_rows, VALIDATION_BATCH_ROWS),
+                                      run_year=run_year,
                                       per_column=self.ctx.leak_sample_per_column)
             summary = result.to_dict()
             self._write_state("validation.json", summary)
