@@ -185,16 +185,23 @@ def test_second_demo_run_reuses_the_approvals(demo_runs) -> None:
     assert proc.stdout.count("already approved by demo-approver") == 2
 
 
-def test_dag_run_of_an_unapproved_change_is_blocked_at_authorise(demo_runs, tmp_path: Path) -> None:
-    from contract_extracts.demo.runner import airflow_environment
+def run_failing_demo_002(home: Path, config_dir: Path, change, *, approve: bool) -> str:
+    """Run a changed C-DEMO-002 through `airflow dags test`; assert it fails and delivers nothing.
 
-    home, *_ = demo_runs
-    config_dir = tmp_path / "configs"
+    Returns the contract's `blocked` ledger records as JSON lines.
+    """
+    from contract_extracts.audit.ledger import Ledger
+    from contract_extracts.demo.runner import airflow_environment, approve_demo_contracts
+
     (config_dir / "contracts").mkdir(parents=True)
     shutil.copy(home / "demo" / "configs" / "approvers.yaml", config_dir / "approvers.yaml")
     data = yaml.safe_load((home / "demo" / "configs" / "contracts" / "C-DEMO-002.yaml").read_text())
-    data["datasets"][0]["columns"]["sex"] = {"treatment": "keep"}  # a real column, but not approved
-    (config_dir / "contracts" / "C-DEMO-002.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    change(data)
+    contract = config_dir / "contracts" / "C-DEMO-002.yaml"
+    contract.write_text(yaml.safe_dump(data, sort_keys=False))
+    if approve:  # the gate runs only approved content: approve the change so the run gets past authorise
+        with Ledger(f"sqlite:///{home / 'ledger.sqlite'}") as ledger:
+            approve_demo_contracts([contract], config_dir / "approvers.yaml", home / "keys" / "demo-approver", ledger)
     keys = {"master": home / "keys" / "master.key", "signing": home / "keys" / "sender-signing.key"}
     env = airflow_environment(home=home, dags_dir=REPO / "dags", config_dir=config_dir, keys=keys,
                               connections={"demo_claims": f"sqlite:///{home / 'demo' / 'claims.sqlite'}"},
@@ -204,43 +211,25 @@ def test_dag_run_of_an_unapproved_change_is_blocked_at_authorise(demo_runs, tmp_
                           text=True, timeout=300, check=False)
     assert proc.returncode != 0
     assert sorted((home / "drop").rglob("*.tar.age")) == drop_before, "nothing may be delivered"
-    blocked = subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-002", "--action", "blocked", "--json"],
-                             env=demo_env(home), capture_output=True, text=True, check=True).stdout
+    return subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-002", "--action", "blocked", "--json"],
+                          env=demo_env(home), capture_output=True, text=True, check=True).stdout
+
+
+def test_dag_run_of_an_unapproved_change_is_blocked_at_authorise(demo_runs, tmp_path: Path) -> None:
+    home, *_ = demo_runs
+    blocked = run_failing_demo_002(  # a real column, but not approved
+        home, tmp_path / "configs", lambda d: d["datasets"][0]["columns"].update(sex={"treatment": "keep"}),
+        approve=False)
     last = json.loads(blocked.splitlines()[-1])
     assert last["details"]["stage"] == "authorise"
     assert "changed since approval" in last["details"]["reason"] and "column sex added" in last["details"]["reason"]
 
 
 def test_dag_run_with_a_column_missing_from_the_source_is_blocked(demo_runs, tmp_path: Path) -> None:
-    from contract_extracts.demo.runner import airflow_environment
-
     home, *_ = demo_runs
-    config_dir = tmp_path / "configs"
-    (config_dir / "contracts").mkdir(parents=True)
-    rendered = home / "demo" / "configs" / "contracts" / "C-DEMO-002.yaml"
-    data = yaml.safe_load(rendered.read_text())
-    data["datasets"][0]["columns"]["shoe_size"] = {"treatment": "keep"}
-    (config_dir / "contracts" / "C-DEMO-002.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    # The gate runs only approved content: the demo approver approves the changed contract (so the run
-    # gets past authorise and fails where this test looks, at extract).
-    from contract_extracts.audit.ledger import Ledger
-    from contract_extracts.demo.runner import approve_demo_contracts
-
-    shutil.copy(home / "demo" / "configs" / "approvers.yaml", config_dir / "approvers.yaml")
-    with Ledger(f"sqlite:///{home / 'ledger.sqlite'}") as ledger:
-        approve_demo_contracts([config_dir / "contracts" / "C-DEMO-002.yaml"], config_dir / "approvers.yaml",
-                               home / "keys" / "demo-approver", ledger)
-    keys = {"master": home / "keys" / "master.key", "signing": home / "keys" / "sender-signing.key"}
-    env = airflow_environment(home=home, dags_dir=REPO / "dags", config_dir=config_dir, keys=keys,
-                              connections={"demo_claims": f"sqlite:///{home / 'demo' / 'claims.sqlite'}"},
-                              base=demo_env(home))
-    drop_before = sorted((home / "drop").rglob("*.tar.age"))
-    proc = subprocess.run(["airflow", "dags", "test", "contract_c_demo_002"], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode != 0
-    assert sorted((home / "drop").rglob("*.tar.age")) == drop_before, "nothing may be delivered"
-    blocked = subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-002", "--action", "blocked", "--json"],
-                             env=demo_env(home), capture_output=True, text=True, check=True).stdout
+    blocked = run_failing_demo_002(
+        home, tmp_path / "configs", lambda d: d["datasets"][0]["columns"].update(shoe_size={"treatment": "keep"}),
+        approve=True)
     assert "shoe_size" in blocked and '"stage": "extract"' in blocked
     assert not list((home / "staging").rglob("*.parquet")), "staging is removed after a failed run"
 
