@@ -291,9 +291,11 @@ def _print_summary(results, identities_dir: Path, keys: dict[str, Path], total: 
                                                for a in approvals) or "-"))
         print(f"  audit records for this delivery: {summary['records']}")
         identity = identities_dir / f"{contract.recipients[0].name}.txt"
-        print(f"  decrypt with age:  age -d -i {identity} {summary['package']} | tar -x -C <folder>")
+        received = identities_dir.parent / "received" / f"{contract.contract}_{summary['delivery']}"
+        print(f"  decrypt with age:  mkdir -p {received}-age && age -d -i {identity} {summary['package']} "
+              f"| tar -x -C {received}-age")
         print(f"  decrypt + verify:  contract-extracts decrypt {summary['package']} --identity {identity} "
-              f"--sender-key {keys['public']} --out <new folder>")
+              f"--sender-key {keys['public']} --out {received}")
     print(f"\naudit ledger: {total} records, chain {'verified' if verified.ok else 'BROKEN: ' + str(verified.reason)}")
     print()
     for contract, _code, summary in results:
