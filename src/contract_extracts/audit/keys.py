@@ -20,8 +20,8 @@ from pathlib import Path
 
 from contract_extracts.audit.ledger import Ledger
 from contract_extracts.core.errors import KeyError_
+from contract_extracts.core.keyfiles import check_private_file, write_private_file
 from contract_extracts.core.settings import Settings, load_settings
-from contract_extracts.masking.keys import check_private_file, write_private_file
 
 LEDGER_KEY_ENV = "CONTRACT_EXTRACTS_LEDGER_KEY"
 LEDGER_KEY_FILE_ENV = "CONTRACT_EXTRACTS_LEDGER_KEY_FILE"

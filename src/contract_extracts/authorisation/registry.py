@@ -25,7 +25,7 @@ from typing import Any
 
 from contract_extracts.audit.ledger import Ledger, LedgerRecord, canonical_json
 from contract_extracts.authorisation.sshsig import ApproverKey, parse_public_key
-from contract_extracts.contracts.loading import parse_yaml
+from contract_extracts.contracts.loading import read_yaml_file
 from contract_extracts.core.errors import ConfigError, KeyError_
 
 REGISTRY_FILE = "approvers.yaml"
@@ -40,7 +40,6 @@ ROLES: dict[str, str] = {
     "approver": "Approver",
 }
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -99,14 +98,7 @@ def load_registry(path: Path) -> Registry:
         raise ConfigError("the approver registry does not exist", file=file,
                           fix="create it (see docs/audit.md, 'Approvers'); without it no contract can be "
                               "approved and every run is refused")
-    raw = path.read_bytes()
-    if len(raw) > _MAX_BYTES:
-        raise ConfigError("file is larger than 1 MiB", file=file, fix="a registry is a short YAML file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("file is not UTF-8 text", file=file, fix="save it as UTF-8") from None
-    data = parse_yaml(text, file)
+    data = read_yaml_file(path, kind="a registry", error=ConfigError)
     if not isinstance(data, dict) or set(data) - {"approvers"} or not isinstance(data.get("approvers"), list):
         raise ConfigError("expected a mapping with one key, 'approvers', holding a list", file=file,
                           key="approvers", fix="see docs/audit.md, 'Approvers'")

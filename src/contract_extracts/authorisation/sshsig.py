@@ -1,4 +1,4 @@
-"""Approver keys and OpenSSH signatures (SSHSIG), composed from ``cryptography``'s Ed25519 primitives.
+"""Approver keys and their OpenSSH signatures (SSHSIG; the framing lives in ``core.sshsig``).
 
 An approval signature is an SSHSIG signature (OpenSSH ``PROTOCOL.sshsig``): exactly what
 ``ssh-keygen -Y sign -n contract-extracts-approval -f KEY FILE`` writes, and what
@@ -12,19 +12,19 @@ parameter choices, deterministic signatures.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from contract_extracts.core.errors import KeyError_, VerificationError
-from contract_extracts.masking.keys import check_private_file, write_private_file
+from contract_extracts.core import sshsig as core_sshsig
+from contract_extracts.core.errors import KeyError_
+from contract_extracts.core.keyfiles import check_private_file, write_private_file
+from contract_extracts.core.sshsig import armor
 
 __all__ = [
     "APPROVAL_NAMESPACE",
@@ -38,39 +38,6 @@ __all__ = [
 ]
 
 APPROVAL_NAMESPACE = "contract-extracts-approval"
-_MAGIC = b"SSHSIG"
-_VERSION = 1
-_HASH = "sha512"
-_KEY_TYPE = "ssh-ed25519"
-_BEGIN = "-----BEGIN SSH SIGNATURE-----"
-_END = "-----END SSH SIGNATURE-----"
-_MAX_SIGNATURE_TEXT = 4096
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def raw(self, n: int) -> bytes:
-        if self._pos + n > len(self._data):
-            raise VerificationError("SSH signature is truncated")
-        out = self._data[self._pos:self._pos + n]
-        self._pos += n
-        return out
-
-    def uint32(self) -> int:
-        return struct.unpack(">I", self.raw(4))[0]
-
-    def string(self) -> bytes:
-        return self.raw(self.uint32())
-
-    def done(self) -> bool:
-        return self._pos == len(self._data)
 
 
 @dataclass(frozen=True)
@@ -86,12 +53,12 @@ class ApproverKey:
     @property
     def blob(self) -> bytes:
         """SSH wire format: string "ssh-ed25519", string key (what SSHSIG embeds)."""
-        return _string(_KEY_TYPE.encode()) + _string(self.raw)
+        return core_sshsig.key_blob(self.public)
 
     @property
     def openssh(self) -> str:
         """``ssh-ed25519 AAAA…`` without a comment (the form the registry hash covers)."""
-        return f"{_KEY_TYPE} {base64.b64encode(self.blob).decode('ascii')}"
+        return core_sshsig.openssh_line(self.public)
 
     @property
     def fingerprint(self) -> str:
@@ -165,71 +132,12 @@ def new_approver_key(private_path: Path, public_path: Path, comment: str) -> App
     return public
 
 
-def _signed_data(namespace: str, hash_alg: str, message: bytes) -> bytes:
-    """What the key actually signs (PROTOCOL.sshsig): the namespace and a hash of the message."""
-    digest = hashlib.new(hash_alg, message).digest()
-    return (_MAGIC + _string(namespace.encode("utf-8")) + _string(b"") + _string(hash_alg.encode("ascii"))
-            + _string(digest))
-
-
-def armor(blob: bytes) -> str:
-    """PEM-like armour as ssh-keygen writes it (70 base64 characters per line)."""
-    b64 = base64.b64encode(blob).decode("ascii")
-    lines = [b64[i:i + 70] for i in range(0, len(b64), 70)]
-    return "\n".join([_BEGIN, *lines, _END]) + "\n"
-
-
 def sign(private: Ed25519PrivateKey, message: bytes, namespace: str = APPROVAL_NAMESPACE) -> str:
     """An armoured SSHSIG signature of ``message``, byte-compatible with ``ssh-keygen -Y sign``."""
-    public = ApproverKey(private.public_key())
-    signature = private.sign(_signed_data(namespace, _HASH, message))
-    blob = (_MAGIC + struct.pack(">I", _VERSION) + _string(public.blob) + _string(namespace.encode("utf-8"))
-            + _string(b"") + _string(_HASH.encode()) + _string(_string(_KEY_TYPE.encode()) + _string(signature)))
-    return armor(blob)
-
-
-def _unarmor(text: str) -> bytes:
-    if not isinstance(text, str) or len(text) > _MAX_SIGNATURE_TEXT:
-        raise VerificationError("not an SSH signature (expected a short '-----BEGIN SSH SIGNATURE-----' block)")
-    body = text.strip()
-    if not body.startswith(_BEGIN) or not body.endswith(_END):
-        raise VerificationError("not an SSH signature (expected a '-----BEGIN SSH SIGNATURE-----' block)")
-    b64 = "".join(body[len(_BEGIN):-len(_END)].split())
-    try:
-        return base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise VerificationError("SSH signature armour is not valid base64") from None
+    return core_sshsig.sign(private, message, namespace)
 
 
 def verify(signature_text: str, message: bytes, expected: ApproverKey,
            namespace: str = APPROVAL_NAMESPACE) -> None:
     """Check an armoured SSHSIG signature of ``message`` by ``expected`` in ``namespace``; raise if not."""
-    r = _Reader(_unarmor(signature_text))
-    if r.raw(6) != _MAGIC:
-        raise VerificationError("not an SSHSIG signature (bad magic)")
-    if r.uint32() != _VERSION:
-        raise VerificationError("unsupported SSHSIG version")
-    key_blob = r.string()
-    sig_namespace = r.string()
-    r.string()  # reserved
-    hash_alg = r.string().decode("ascii", "replace")
-    sig_blob = r.string()
-    if not r.done():
-        raise VerificationError("SSH signature has trailing bytes")
-    if sig_namespace != namespace.encode("utf-8"):
-        raise VerificationError(f"signature was made for another purpose (namespace is not {namespace!r})")
-    if hash_alg not in ("sha512", "sha256"):
-        raise VerificationError("SSH signature uses an unsupported hash")
-    if not hmac.compare_digest(key_blob, expected.blob):
-        raise VerificationError("signature was made with a different key than the registered one")
-    s = _Reader(sig_blob)
-    if s.string() != _KEY_TYPE.encode():
-        raise VerificationError("signature is not an Ed25519 signature")
-    raw_signature = s.string()
-    if not s.done():
-        raise VerificationError("SSH signature has trailing bytes")
-    try:
-        expected.public.verify(raw_signature, _signed_data(namespace, hash_alg, message))
-    except InvalidSignature:
-        raise VerificationError("signature does not verify: the statement was altered or signed by another "
-                                "key") from None
+    core_sshsig.verify(signature_text, message, expected.public, namespace)

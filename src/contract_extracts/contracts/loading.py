@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from contract_extracts.contracts.model import Contract
 from contract_extracts.contracts.treatments import TREATMENT_NAMES
-from contract_extracts.core.errors import ContractError
+from contract_extracts.core.errors import ConfigError, ContractError
 
 MAX_CONTRACT_BYTES = 1 << 20
 
@@ -51,22 +51,31 @@ def parse_yaml(text: str, file: str) -> Any:
                             fix="correct the YAML at that position") from None
 
 
-def load_contract(path: Path | str) -> Contract:
-    """Read and validate one contract file. Raises ContractError naming file, key and fix."""
-    path = Path(path)
+def read_yaml_file(path: Path, *, kind: str, error: type[ConfigError] = ContractError) -> Any:
+    """Read a short configuration file (at most 1 MiB of UTF-8) and parse it with ``parse_yaml``.
+
+    ``kind`` names the file for the fix ("a contract", "a registry"); errors are ``error``s naming the file.
+    """
     file = str(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ContractError(f"cannot read the file ({exc.strerror})", file=file,
-                            fix="check the path and permissions") from None
+        raise error(f"cannot read the file ({exc.strerror})", file=file,
+                    fix="check the path and permissions") from None
     if len(raw) > MAX_CONTRACT_BYTES:
-        raise ContractError("file is larger than 1 MiB", file=file, fix="a contract is a short YAML file")
+        raise error("file is larger than 1 MiB", file=file, fix=f"{kind} is a short YAML file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ContractError("file is not UTF-8 text", file=file, fix="save it as UTF-8") from None
-    data = parse_yaml(text, file)
+        raise error("file is not UTF-8 text", file=file, fix="save it as UTF-8") from None
+    return parse_yaml(text, file)
+
+
+def load_contract(path: Path | str) -> Contract:
+    """Read and validate one contract file. Raises ContractError naming file, key and fix."""
+    path = Path(path)
+    file = str(path)
+    data = read_yaml_file(path, kind="a contract")
     if not isinstance(data, dict):
         raise ContractError("the file must hold a YAML mapping (key: value lines)", file=file,
                             fix="start with 'contract: <id>' and the other keys of a contract")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pyrage
 
 from contract_extracts.core.errors import ConfigError, KeyError_, VerificationError
-from contract_extracts.masking.keys import write_private_file
+from contract_extracts.core.keyfiles import write_private_file
 
 if TYPE_CHECKING:
     from contract_extracts.contracts.delivery import Recipient

@@ -15,7 +15,6 @@ import hmac
 import os
 import re
 import secrets
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from contract_extracts.core.errors import KeyError_
+from contract_extracts.core.keyfiles import check_private_file, write_private_file
 
 MASTER_KEY_ENV = "CONTRACT_EXTRACTS_MASTER_KEY"
 MASTER_KEY_FILE_ENV = "CONTRACT_EXTRACTS_MASTER_KEY_FILE"
@@ -96,21 +96,6 @@ def parse_master_keys(text: str, source: str) -> list[MasterKey]:
         if all(k.secret != key.secret for k in keys):
             keys.append(key)
     return keys
-
-
-def check_private_file(path: Path, what: str) -> None:
-    """Refuse key files that group or others can read or write."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise KeyError_(f"{what} file {path} does not exist") from None
-    except OSError as exc:
-        raise KeyError_(f"{what} file {path} cannot be read ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyError_(f"{what} file {path} is not a regular file")
-    if st.st_mode & 0o077:
-        raise KeyError_(f"{what} file {path} has permissions {stat.S_IMODE(st.st_mode):04o}; "
-                        f"it must be readable by its owner only. Fix: chmod 600 {path}")
 
 
 def _read_key_file(path: Path) -> str:
@@ -277,20 +262,6 @@ def load_master_key(env: Mapping[str, str] | None = None) -> MasterKey:
 def resolve_master_key(source: KeySource | None, pinned: str | None = None) -> MasterKey:
     """The master key of a delivery: from ``source`` (default: the environment), pinned id or current."""
     return (source or default_key_source()).load().select(pinned)
-
-
-def write_private_file(path: Path, content: bytes) -> None:
-    """Create ``path`` with mode 0600 (never world-readable, not even briefly); refuse to overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyError_(f"{path} already exists; refusing to overwrite a key file. Fix: choose a new "
-                        "file name or move the old file away deliberately") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def new_master_key_file(path: Path) -> MasterKey:

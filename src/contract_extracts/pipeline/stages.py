@@ -212,21 +212,15 @@ class Pipeline:
 
     def extract(self) -> dict:
         def body() -> dict:
-            from contract_extracts.masking.engine import draw_sample, plan_extract
+            from contract_extracts.masking.engine import draw_sample, write_masked
             from contract_extracts.masking.hashing import HashPool, default_workers
 
             contract = self._contract()
-            master = resolve_master_key(self.ctx.key_source, contract.key_id)
-            keys = ContractKeys.for_delivery(master, contract.contract, contract.linkage, self.delivery_id)
-            reference_date = self.ctx.today or self.ctx.run_after.astimezone(dt.UTC).date()
-            url = self.ctx.resolve_connection(contract.source.connection)
-            engine = create_source_engine(url)
+            # Every table reflected and every column planned before any data is read (fail early).
+            keys, _url, engine, planned = self._extract_setup(contract)
             datasets = []
             sample = None
             try:
-                # Every table reflected and every column planned before any data is read (fail early).
-                planned = plan_extract(engine, contract, file=str(self.ctx.contract_path),
-                                       reference_date=reference_date)
                 windows = self._incremental_windows(engine, contract, planned)
                 data_dir = make_private_dir(self.staging / "data")
                 plan = self._partition_plan()
@@ -245,10 +239,10 @@ class Pipeline:
                             rows = _merge_parts(self._part_files(plan, item.name), path)
                             item.rows = rows
                         else:
-                            rows = _write_masked(engine, item, keys, path, self.ctx.settings.batch_rows,
-                                                 sample=sample,
-                                                 entity=contract.sample.entity if contract.sample else None,
-                                                 pool=pool, snapshot=snapshot)
+                            rows = write_masked(engine, item, keys, path, batch_rows=self.ctx.settings.batch_rows,
+                                                sample=sample,
+                                                entity=contract.sample.entity if contract.sample else None,
+                                                pool=pool, snapshot=snapshot)
                         datasets.append({
                             "name": item.name, "file": f"data/{item.name}.parquet", "rows": rows,
                             "columns": [{"name": p.name, "type": str(p.output_type),
@@ -310,7 +304,11 @@ class Pipeline:
         reference_date = self.ctx.today or self.ctx.run_after.astimezone(dt.UTC).date()
         url = self.ctx.resolve_connection(contract.source.connection)
         engine = create_source_engine(url)
-        planned = plan_extract(engine, contract, file=str(self.ctx.contract_path), reference_date=reference_date)
+        try:
+            planned = plan_extract(engine, contract, file=str(self.ctx.contract_path), reference_date=reference_date)
+        except BaseException:
+            engine.dispose()
+            raise
         return keys, url, engine, planned
 
     def plan_partitions(self) -> dict:
@@ -652,15 +650,6 @@ class Pipeline:
             return {"delivery_id": self.delivery_id, "package": self._read_state("package.json")}
         finally:
             self.cleanup()
-
-
-def _write_masked(engine, item, keys: ContractKeys, path: Path, batch_rows: int, *, sample=None,
-                  entity: str | None = None, pool=None, **read) -> int:
-    """Stream one planned dataset through masking (and the sample) into staged Parquet: masking/engine.py."""
-    from contract_extracts.masking.engine import write_masked
-
-    return write_masked(engine, item, keys, path, batch_rows=batch_rows, sample=sample, entity=entity, pool=pool,
-                        **read)
 
 
 def _merge_parts(parts: list[Path], path: Path) -> int:
