@@ -80,13 +80,24 @@ launch() {
   echo $! >"$PIDS/$name.pid"
 }
 
-alive() { kill -0 -- "-$1" 2>/dev/null; }
+# A process counts as alive while its group exists, or while it exists itself: right after `launch` the child may
+# not have called setsid yet, so its group does not exist for a moment (a start-up race seen once in CI).
+alive() { kill -0 -- "-$1" 2>/dev/null || kill -0 "$1" 2>/dev/null; }
+
+# show_log NAME: the end of a component's log on stderr, so a failed start explains itself even where the log
+# file is gone by the time anyone reads the output (a CI machine).
+show_log() {
+  echo "celery-local: last lines of $LOGS/$1.log:" >&2
+  # Lines naming a password (the simple auth manager prints generated ones) stay in the private log.
+  tail -n "${CELERY_LOCAL_LOG_TAIL:-40}" "$LOGS/$1.log" 2>/dev/null | grep -iv 'password' | sed 's/^/  | /' >&2 || true
+}
+exited() { show_log "$1"; die "$1 exited during start-up; see $LOGS/$1.log"; }
 
 wait_healthy() {
   local url="http://127.0.0.1:$PORT/api/v2/monitor/health" deadline=$((SECONDS + ${1:-120}))
   while (( SECONDS < deadline )); do
     for f in "$PIDS"/*.pid; do
-      alive "$(cat "$f")" || die "$(basename "$f" .pid) exited during start-up; see $LOGS/$(basename "$f" .pid).log"
+      alive "$(cat "$f")" || exited "$(basename "$f" .pid)"
     done
     if python -c "import sys,urllib.request; sys.exit(0 if urllib.request.urlopen('$url', timeout=2).status == 200 else 1)" \
         2>/dev/null; then
@@ -94,6 +105,7 @@ wait_healthy() {
     fi
     sleep 1
   done
+  show_log api-server
   die "api-server not healthy after ${1:-120}s; see $LOGS/api-server.log"
 }
 
@@ -119,7 +131,7 @@ with engine.connect() as conn:
 engine.dispose()
 EOF
   echo "celery-local: migrating the metadata database $DB ..."
-  airflow db migrate >"$LOGS/db-migrate.log" 2>&1 || die "airflow db migrate failed; see $LOGS/db-migrate.log"
+  airflow db migrate >"$LOGS/db-migrate.log" 2>&1 || { show_log db-migrate; die "airflow db migrate failed; see $LOGS/db-migrate.log"; }
   launch api-server airflow api-server
   launch scheduler airflow scheduler
   launch dag-processor airflow dag-processor
@@ -146,7 +158,7 @@ stop() {
     [[ -f "$f" ]] || continue
     pid="$(cat "$f")"; name="$(basename "$f" .pid)"
     [[ "$pid" =~ ^[0-9]+$ ]] || { rm -f "$f"; continue; }
-    if alive "$pid"; then kill -TERM -- "-$pid" 2>/dev/null || true; fi
+    if alive "$pid"; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; fi
   done
   for f in "$PIDS"/*.pid; do
     [[ -f "$f" ]] || continue
@@ -155,7 +167,7 @@ stop() {
     while alive "$pid" && (( SECONDS < deadline )); do sleep 0.5; done
     if alive "$pid"; then
       echo "celery-local: $name (group $pid) did not stop on SIGTERM; sending SIGKILL" >&2
-      kill -KILL -- "-$pid" 2>/dev/null || true
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
       sleep 0.5
     fi
     rm -f "$f"
@@ -171,6 +183,9 @@ status() {
     else echo "stopped  $(basename "$f" .pid)"; fi
   done
 }
+
+# Sourced (by the tests of its process handling), it only defines the functions.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
 case "${1:-}" in
   start) start ;;

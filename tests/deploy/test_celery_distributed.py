@@ -92,7 +92,7 @@ def celery_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv(name, value)
     approve_for_tests(config_dir, home, ledger_url=ledger_url)  # signed approvals, in the PostgreSQL ledger
 
-    port = servers.free_port()
+    port = servers.free_port(also=(100, 101))  # the script gives worker log servers port+100, +101
     passwords = tmp_path / "passwords.json"
     passwords.write_text(json.dumps({USER: PASSWORD}))
     env = {**base_env, **project,

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ui.servers import free_port
+
 SSHD = "/usr/sbin/sshd"
 
 
@@ -58,12 +60,6 @@ class SSHServer:
                 self.proc.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _keygen(path: Path, kind: str = "ed25519") -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "", "-f", str(path)], check=True,
                    timeout=60)
@@ -92,7 +88,7 @@ def start_sshd(folder: Path, *, sftp_flags: str = "", file_size_limit: int | Non
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     for _ in range(5):
-        port = _free_port()
+        port = free_port()
         config = folder / "sshd_config"
         config.write_text("\n".join([
             f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {folder / 'sshd.pid'}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,36 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, also: tuple[int, ...] = ()) -> int:
+    """A free port on 127.0.0.1 below the kernel's ephemeral range, with ``port + offset`` free for each offset.
+
+    A port taken from the ephemeral range (``bind(0)``) can be handed to an outgoing connection (the many
+    connections `airflow db migrate` opens) before the server binds it; below that range only listeners compete.
+    """
+    low, _ = _ephemeral_range()
+    top = max(low - 1 - max(also, default=0), 10_001)
+    for _ in range(200):
+        port = random.randint(10_000, top)
+        if all(_bindable(port + offset) for offset in (0, *also)):
+            return port
+    raise RuntimeError("no free port pair below the ephemeral port range")
 
 
 def start(cmd: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
