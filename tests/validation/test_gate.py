@@ -358,3 +358,4 @@ def test_import_is_lazy_quiet_and_airflow_free() -> None:
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+

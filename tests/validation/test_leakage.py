@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contract_extracts.validation import leakage
 from contract_extracts.validation.gate import NOT_SOURCE_IDENTIFIER, ColumnRule, DatasetRules, validate_parquet
@@ -128,3 +130,42 @@ def test_nothing_leaks_into_results_logs_or_exceptions(tmp_path: Path, caplog: p
 
 def test_canonicalisation() -> None:
     assert leak_canonical(["ab 12\u00a034\t56 c", None]).to_pylist() == ["AB123456C", None]
+
+
+# ------------------------------------------------------------------------- fast paths, same answers
+
+def _reference_canonical(values: list) -> list:
+    """The definition: every RE2 white space character removed, Unicode upper case."""
+    import pyarrow.compute as pc
+
+    text = pa.array(values, pa.string())
+    return pc.utf8_upper(pc.replace_substring_regex(text, pattern=leakage._WHITESPACE, replacement="")).to_pylist()
+
+
+_TEXT = st.text(st.sampled_from(list("ab AB12\t\n\x0b\x0c\r\x1f\x85\u00a0\u2003éß\u0131Ω-")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), _TEXT, st.from_regex(r"\A[0-9a-f]{32}\Z")), max_size=30))
+def test_canonicalisation_fast_paths_equal_the_definition(values: list) -> None:
+    assert leak_canonical(values).to_pylist() == _reference_canonical(values)
+    ascii_only = [v if v is None else v.encode("ascii", "ignore").decode() for v in values]
+    assert leak_canonical(ascii_only).to_pylist() == _reference_canonical(ascii_only)
+
+
+@settings(max_examples=25, deadline=None)
+@given(labels=st.lists(st.one_of(st.none(), _TEXT, st.sampled_from(IDENTIFIERS[-6:-1])), min_size=1, max_size=8),
+       substring=st.booleans())
+def test_searching_distinct_values_equals_searching_every_value(labels: list, substring: bool) -> None:
+    sample = IdentifierSample.from_values(IDENTIFIERS)
+    values = pa.array([labels[i % len(labels)] for i in range(20_000)], pa.string())  # few distinct: dictionary mode
+    one_by_one = sample._leaked(values, substring)
+    assert (sample.leaked(values, substring=substring) == one_by_one).all()
+    assert (sample.leaked(values.to_pylist(), substring=substring) == one_by_one).all()  # GX's wrapper: a list
+
+
+def test_short_values_skip_the_substring_search_without_changing_the_answer() -> None:
+    sample = IdentifierSample.from_values(["AB123456C", "12345678"])
+    assert sample.shortest_pattern == 8
+    values = pa.array(["AB12345", "xAB123456Cx", "1234 5678", None, ""])
+    assert sample.leaked(values, substring=True).tolist() == [False, True, True, False, False]

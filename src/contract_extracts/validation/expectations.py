@@ -2,9 +2,12 @@
 
 Two kinds:
 
-* **Row-wise** (evaluated by GX on every Arrow batch, like the built-in ones; counts summed across
-  batches): ``ExpectColumnValuesToNotContainSourceIdentifiers`` (the leak check) and
-  ``ExpectColumnValuesToBeMultiplesOf`` (bands, rounding). Each has a ``ColumnMapMetricProvider``.
+* **Row-wise**: ``ExpectColumnValuesToNotContainSourceIdentifiers`` (the leak check) and
+  ``ExpectColumnValuesToBeMultiplesOf`` (bands, rounding). Each has a ``ColumnMapMetricProvider`` for
+  pandas, which GX runs on the head of the file for ``gate``'s cross-check (and on every batch where
+  no vectorised metric applies); on the whole file ``gate`` computes the same metric with pyarrow
+  (``metrics``, sharing ``_multiple`` and ``leakage.IdentifierSample.leaked`` with the providers here)
+  and the expectation's own ``_validate`` decides.
 * **Metric-fed** (decided by the expectation's own ``_validate`` on a value-free metric the gate
   computes over the whole file or across files, as ``gate`` already does for the row count):
   ``ExpectColumnValuesToExistInDataset`` (referential integrity), ``ExpectTableArrowTypesToEqual``,
@@ -19,7 +22,7 @@ opaque token (``leakage.register``), whose values live only in this process's me
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +35,7 @@ from great_expectations.expectations.metrics.map_metric_provider import (
 )
 
 from contract_extracts.validation import leakage
+from contract_extracts.validation.metrics import is_multiple as _multiple  # one definition, shared with gate
 
 NOT_SOURCE_IDENTIFIER = "expect_column_values_to_not_contain_source_identifiers"
 MULTIPLES_OF = "expect_column_values_to_be_multiples_of"
@@ -74,16 +78,6 @@ class ExpectColumnValuesToNotContainSourceIdentifiers(ColumnMapExpectation):
 
 
 # ---------------------------------------------------------------------------------- multiples of
-
-
-def _multiple(value: Any, base: Decimal) -> bool:
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return False
-    if not number.is_finite():
-        return False
-    return number % base == 0
 
 
 class ColumnValuesMultipleOf(ColumnMapMetricProvider):

@@ -37,12 +37,40 @@ _WHITESPACE = r"[\s\x0B\x{85}\p{Z}]+"  # RE2, as masking.canonical
 _CHUNK = 400  # identifiers per RE2 alternation (keeps each compiled program small)
 
 
-def leak_canonical(values: pa.Array | list) -> pa.Array:
-    """White space removed, upper case (nulls stay null)."""
+_DICTIONARY_PROBE = 4_096  # values looked at to decide whether searching distinct values pays off
+
+
+def _as_array(values: pa.Array | list) -> pa.Array:
     array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, pa.string())
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
-    text = pc.cast(array, pa.string())
+    return array
+
+
+def _ascii_without_space(text: pa.Array) -> tuple[bool, bool]:
+    """(every byte is ASCII, no byte is a control character or space) of a string array's bytes.
+
+    Conservative: bytes behind nulls count too, which can only send the caller down the general path.
+    """
+    buffers = text.buffers()
+    if len(text) == 0 or buffers[2] is None:
+        return True, True
+    offsets = np.frombuffer(buffers[1], dtype=np.int32, count=len(text) + 1, offset=text.offset * 4)
+    data = np.frombuffer(buffers[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    if not len(data):
+        return True, True
+    return bool(data.max() < 0x80), not bool((data <= 0x20).any())
+
+
+def leak_canonical(values: pa.Array | list) -> pa.Array:
+    """White space removed, upper case (nulls stay null)."""
+    text = pc.cast(_as_array(values), pa.string())
+    ascii_only, no_space = _ascii_without_space(text)
+    if ascii_only:
+        # Within ASCII the white space pattern is exactly \t \n \v \f \r and space (all <= 0x20), and
+        # upper-casing is ASCII's: the same result as below, without a regex pass when nothing is spaced.
+        stripped = text if no_space else pc.replace_substring_regex(text, pattern=_WHITESPACE, replacement="")
+        return pc.ascii_upper(stripped)
     return pc.utf8_upper(pc.replace_substring_regex(text, pattern=_WHITESPACE, replacement=""))
 
 
@@ -54,6 +82,7 @@ class IdentifierSample:
     patterns: list[str] = field(default_factory=list)
     drawn: int = 0
     too_short: int = 0
+    shortest_pattern: int = 0  # characters of the shortest identifier in ``patterns`` (0: unknown)
     columns: list[dict] = field(default_factory=list)  # {"dataset", "column", "drawn"}
 
     @classmethod
@@ -69,7 +98,7 @@ class IdentifierSample:
         patterns = ["|".join(re.escape(v) for v in long_ones[i:i + _CHUNK])
                     for i in range(0, len(long_ones), _CHUNK)]
         return cls(exact=usable, patterns=patterns, drawn=len(values), too_short=too_short,
-                   columns=list(columns or []))
+                   shortest_pattern=min((len(v) for v in long_ones), default=0), columns=list(columns or []))
 
     @property
     def searched(self) -> int:
@@ -77,12 +106,49 @@ class IdentifierSample:
 
     def leaked(self, values: list[str] | pa.Array, *, substring: bool) -> np.ndarray:
         """True where a value equals (or contains) one of the identifiers, after canonicalisation."""
-        canonical = leak_canonical(values)
-        hit = pc.fill_null(pc.is_in(canonical, value_set=self.exact), False)
-        if substring:
-            for pattern in self.patterns:
-                hit = pc.or_(hit, pc.fill_null(pc.match_substring_regex(canonical, pattern=pattern), False))
-        return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=bool)
+        array = _as_array(values)
+        if len(array) > 2 * _DICTIONARY_PROBE and pa.types.is_string(array.type):
+            # Few distinct values (codes, labels): search each distinct value once.
+            probe = pc.dictionary_encode(array.slice(0, _DICTIONARY_PROBE))
+            if len(probe.dictionary) * 4 < _DICTIONARY_PROBE:
+                encoded = pc.dictionary_encode(array)
+                if len(encoded.dictionary) * 4 < len(array):
+                    if not len(encoded.dictionary):  # all null
+                        return np.zeros(len(array), dtype=bool)
+                    distinct = self._leaked(encoded.dictionary, substring)
+                    indices = encoded.indices
+                    hit = distinct[np.asarray(pc.fill_null(indices, 0).to_numpy(zero_copy_only=False))]
+                    if indices.null_count:
+                        hit &= np.asarray(indices.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+                    return hit
+        return self._leaked(array, substring)
+
+    def _leaked(self, array: pa.Array, substring: bool) -> np.ndarray:
+        canonical = leak_canonical(array)
+        hit = np.asarray(pc.fill_null(pc.is_in(canonical, value_set=self.exact), False)
+                         .to_numpy(zero_copy_only=False), dtype=bool)
+        if not substring or not self.patterns:
+            return hit
+        # A value shorter than every searched identifier cannot contain one.
+        candidates = canonical
+        rows = None
+        if self.shortest_pattern > 1:
+            long = np.asarray(pc.fill_null(pc.greater_equal(pc.utf8_length(canonical), self.shortest_pattern), False)
+                              .to_numpy(zero_copy_only=False), dtype=bool)
+            if not long.any():
+                return hit
+            if not long.all():
+                rows = np.flatnonzero(long)
+                candidates = canonical.take(pa.array(rows))
+        found = np.zeros(len(candidates), dtype=bool)
+        for pattern in self.patterns:
+            found |= np.asarray(pc.fill_null(pc.match_substring_regex(candidates, pattern=pattern), False)
+                                .to_numpy(zero_copy_only=False), dtype=bool)
+        if rows is None:
+            hit |= found
+        else:
+            hit[rows] |= found
+        return hit
 
     def facts(self) -> dict:
         """Value-free: how many identifiers were drawn, searched for, too short to search."""

@@ -141,8 +141,19 @@ def validate_delivery(files: dict[str, Path], rules: DeliveryRules, *, batch_row
 
 def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows: int,
                        token: str | None) -> DeliveryValidation:
+    import pyarrow.parquet as pq
+
     from contract_extracts.disclosure.risk import build_classes, measure
     from contract_extracts.disclosure.tables import recoverable_in_table
+
+    # Whole-file and cross-file metrics, with pyarrow only; GX decides on them below.
+    references = [missing_references(files[ref.dataset], ref.column, files[ref.parent_dataset], ref.parent_column,
+                                     batch_rows=batch_rows) for ref in rules.references]
+    disclosures = [measure(build_classes(files[check.dataset], list(check.key), list(check.sensitive),
+                                         batch_rows=batch_rows), check.k, l=check.l) for check in rules.disclosure]
+    tables = [recoverable_in_table(pq.read_table(files[check.dataset]), list(check.by)) for check in rules.tables]
+
+    _import_gx()
     from contract_extracts.validation.expectations import (
         ExpectColumnValuesToExistInDataset,
         ExpectDisclosureThresholdToHold,
@@ -150,16 +161,13 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
         ExpectTableCellsNotRecoverable,
     )
 
-    _import_gx()
     summaries = {r.dataset: validate_parquet(files[r.dataset], r, batch_rows=batch_rows, leak_token=token)
                  for r in rules.datasets}
     extra: dict[str, list[ExpectationOutcome]] = {name: [] for name in summaries}
 
-    for ref in rules.references:
+    for ref, (rows, nulls, missing) in zip(rules.references, references, strict=True):
         expectation = ExpectColumnValuesToExistInDataset(column=ref.column, parent_dataset=ref.parent_dataset,
                                                          parent_column=ref.parent_column)
-        rows, nulls, missing = missing_references(files[ref.dataset], ref.column, files[ref.parent_dataset],
-                                                  ref.parent_column, batch_rows=batch_rows)
         decided = expectation._validate(
             metrics={"table.row_count": rows, "column_values.nonnull.unexpected_count": nulls,
                      "column_values.exist_in_dataset.unexpected_count": missing,
@@ -169,10 +177,8 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
                                                      bool(decided["success"]), missing, None,
                                                      expectation.configuration))
 
-    for check in rules.disclosure:
+    for check, measured in zip(rules.disclosure, disclosures, strict=True):
         expectation = ExpectDisclosureThresholdToHold(key=list(check.key), k=check.k, l=check.l)
-        classes = build_classes(files[check.dataset], list(check.key), list(check.sensitive), batch_rows=batch_rows)
-        measured = measure(classes, check.k, l=check.l)
         decided = expectation._validate(metrics={"disclosure.k_anonymity": measured.k_anonymity,
                                                  "disclosure.records_below_k": measured.records_below_k,
                                                  "disclosure.records_below_l": measured.records_below_l})
@@ -180,12 +186,8 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
             expectation.expectation_type, None, bool(decided["success"]), measured.records_below_k,
             str(decided["result"]["observed_value"]), expectation.configuration))
 
-    for check in rules.tables:
-        import pyarrow.parquet as pq
-
+    for check, lines in zip(rules.tables, tables, strict=True):
         expectation = ExpectTableCellsNotRecoverable(by=list(check.by))
-        table = pq.read_table(files[check.dataset])
-        lines = recoverable_in_table(table, list(check.by))
         decided = expectation._validate(metrics={"table.recoverable_lines": lines})
         extra[check.dataset].append(ExpectationOutcome(
             expectation.expectation_type, None, bool(decided["success"]), lines,
