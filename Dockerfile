@@ -1,5 +1,7 @@
 # The contract-extracts image: the official Airflow 3.3 image (Python 3.11) plus this project, installed with
-# the pinned constraints, its DAGs and its UI plugin, and the recipient-side tools (age, gnupg, openssh-client).
+# the pinned constraints, its DAGs and its UI plugin, the recipient-side tools (age, gnupg, openssh-client),
+# the PostgreSQL client (psql: the fast extraction route, docs/extraction.md) and mysqlclient (the C
+# MySQL/MariaDB driver of the MySQL/MariaDB fast route).
 # It carries no secrets, no contract files and no keys: mount or inject those at run time (docs/deploy.md).
 #
 #   docker build -t contract-extracts:0.1.0 .
@@ -8,9 +10,13 @@ FROM apache/airflow:3.3.2-python3.11
 
 USER 0
 # Debian's own versions of these tools, kept current by rebuilding on the base image's updates.
+# mysqlclient has no Linux wheel on PyPI and recent official images may not ship it (apache/airflow#57146),
+# so the project install below compiles it: MariaDB Connector/C (libmariadb3 at run time, libmariadb-dev
+# found through pkg-config) and a C compiler (gcc, libc6-dev); the base image's Python has its own headers.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends age gnupg openssh-client \
+ && apt-get install -y --no-install-recommends age gnupg openssh-client postgresql-client \
+    libmariadb3 libmariadb-dev pkg-config gcc libc6-dev \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 
@@ -21,7 +27,7 @@ COPY --chown=50000:0 pyproject.toml constraints.txt README.md ./
 COPY --chown=50000:0 src ./src
 # The constraints pin apache-airflow to the base image's 3.3.2, so the install cannot move Airflow itself.
 RUN pip install --no-cache-dir -c constraints.txt . \
- && python -c "import contract_extracts.airflow_glue.ui, contract_extracts.pipeline.stages"
+ && python -c "import contract_extracts.airflow_glue.ui, contract_extracts.pipeline.stages, MySQLdb"
 
 COPY --chown=50000:0 dags /opt/airflow/dags
 COPY --chown=50000:0 plugins /opt/airflow/plugins

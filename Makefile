@@ -9,7 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_COMPILE_BYTECODE := 1
 export CONTRACT_EXTRACTS_HOME ?= $(STATE)
 
-.PHONY: help demo test lint lock venv system-deps clean
+.PHONY: help demo test lint lock venv build-deps system-deps clean
 
 help:
 	@echo "make demo   set up and run both demo contracts through Airflow (SQLite source, local drop folder)"
@@ -21,23 +21,41 @@ $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
 	$(CURDIR)/.tools/bin/pip install --quiet --disable-pip-version-check uv
 
-$(VENV)/.installed: pyproject.toml constraints.txt | $(UV)
+# build-deps first (order-only: it never forces a reinstall): mysqlclient compiles against its headers.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(UV) build-deps
 	$(UV) venv --quiet --allow-existing -p $(PYTHON) $(VENV)
 	$(UV) pip install --quiet -p $(VENV)/bin/python -c constraints.txt -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
 
-# Debian packages the demo and tests use, installed only when missing:
+# Debian packages the demo and tests use, installed only when missing (command:package):
 # age (recipient-side CLI), sshd (real SFTP server in tests), gpg (OpenPGP recipients), chromium (UI test).
 SYSTEM_DEPS := age:age /usr/sbin/sshd:openssh-server gpg:gnupg chromium:chromium
-system-deps:
-	@missing=""; for pair in $(SYSTEM_DEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
-	if [ -n "$$missing" ]; then \
+# Debian packages building the venv: mysqlclient (the C MySQL/MariaDB driver, the extract's fast path) has no
+# Linux wheel; it compiles against MariaDB Connector/C, found through pkg-config (libmariadb-dev, checked by
+# its pkg-config module below), with a C compiler and the headers of $(PYTHON) (pythonX.Y-dev, checked below).
+BUILD_DEPS := pkg-config:pkg-config gcc:gcc
+PYTHON_HEADERS := import os, sys, sysconfig; \
+  print("" if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) \
+        else "python%d.%d-dev" % sys.version_info[:2])
+# Shell: install the packages listed in $$missing (as root), or say how to.
+APT_INSTALL := if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing - install them with: sudo apt-get install$$missing" >&2; exit 1; fi; fi
+
+build-deps:
+	@missing=""; for pair in $(BUILD_DEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	headers=$$($(PYTHON) -c '$(PYTHON_HEADERS)' 2>/dev/null); missing="$$missing$${headers:+ $$headers}"; \
+	pkg-config --exists libmariadb 2>/dev/null || missing="$$missing libmariadb-dev"; \
+	$(APT_INSTALL)
+
+system-deps: build-deps
+	@missing=""; for pair in $(SYSTEM_DEPS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	$(APT_INSTALL)
 
 demo: venv system-deps
 	$(VENV)/bin/contract-extracts demo

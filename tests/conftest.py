@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CONTRACT_EXTRACTS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-MARIADB_ADMIN = os.environ.get("CONTRACT_EXTRACTS_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+MARIADB_ADMIN = os.environ.get("CONTRACT_EXTRACTS_TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
 
 
 @dataclass

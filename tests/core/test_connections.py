@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 
-from contract_extracts.core.connections import env_connection_url, safe_url, sqlalchemy_url, uri_from_json
+from contract_extracts.core.connections import env_connection_url, mysql_driver, safe_url, sqlalchemy_url, uri_from_json
 from contract_extracts.core.errors import ConfigError
 
 URIS = {
     "postgres": ("postgres://u:p@db.example:5432/claims", "postgresql+psycopg", "db.example", 5432, "claims"),
     "postgresql": ("postgresql://u@db.example/claims", "postgresql+psycopg", "db.example", None, "claims"),
-    "mysql": ("mysql://u:p@maria:3306/claims", "mysql+pymysql", "maria", 3306, "claims"),
-    "mariadb": ("mariadb://u@maria/claims", "mysql+pymysql", "maria", None, "claims"),
+    "mysql": ("mysql://u:p@maria:3306/claims", mysql_driver(), "maria", 3306, "claims"),
+    "mariadb": ("mariadb://u@maria/claims", mysql_driver(), "maria", None, "claims"),
     "sqlite-absolute": ("sqlite:////abs/path/claims.db", "sqlite", None, None, "/abs/path/claims.db"),
     "explicit-driver": ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2", "h", None, "db"),
     "upper-case-scheme": ("Postgres://u@h/db", "postgresql+psycopg", "h", None, "db"),
@@ -96,7 +98,20 @@ def test_json_form_sqlite() -> None:
 def test_json_form_mysql_without_password() -> None:
     url = env_connection_url("m", {"AIRFLOW_CONN_M": json.dumps({"conn_type": "mysql", "host": "h",
                                                                   "login": "u", "schema": "db"})})
-    assert (url.drivername, url.username, url.password, url.database) == ("mysql+pymysql", "u", None, "db")
+    assert (url.drivername, url.username, url.password, url.database) == (mysql_driver(), "u", None, "db")
+
+
+@pytest.mark.parametrize(("installed", "driver"), [(True, "mysql+mysqldb"), (False, "mysql+pymysql")],
+                         ids=["mysqlclient", "no-mysqlclient"])
+def test_mysql_driver_is_mysqlclient_when_it_imports(monkeypatch: pytest.MonkeyPatch, installed: bool,
+                                                    driver: str) -> None:
+    # None in sys.modules makes `import MySQLdb` raise ImportError; a stand-in module makes it succeed.
+    monkeypatch.setitem(sys.modules, "MySQLdb", types.ModuleType("MySQLdb") if installed else None)
+    assert mysql_driver() == driver
+    assert sqlalchemy_url("mysql://u@maria/claims", "x").drivername == driver
+    assert sqlalchemy_url("mariadb://u@maria/claims", "x").drivername == driver
+    assert sqlalchemy_url("mysql+pymysql://u@maria/claims", "x").drivername == "mysql+pymysql"  # explicit wins
+    assert sqlalchemy_url("postgres://u@h/db", "x").drivername == "postgresql+psycopg"
 
 
 @pytest.mark.parametrize("value", ['{"host": "h"}', "{not json", '{"conn_type": null}'],

@@ -13,8 +13,11 @@ from contract_extracts.contracts.model import Contract
 from contract_extracts.core.errors import SourceError
 from contract_extracts.extract.partitioning import (
     PartitionRange,
+    estimated_rows,
     exported_snapshot,
+    partition_column,
     plan_ranges,
+    planned_parts,
     range_clause,
     snapshot_connection,
 )
@@ -194,3 +197,36 @@ def test_holder_gives_up_after_its_maximum_lifetime(tmp_path) -> None:
                                                contract="C-TEST-2", delivery="d2", max_seconds=1, poll_seconds=0.2)
         assert _wait_exit(pid, 15)
         engine.dispose()
+
+
+def test_automatic_partitioning_uses_the_primary_key_and_table_statistics(source: sa.Engine) -> None:
+    make_table(source, 3000)
+    with source.begin() as conn:  # statistics as a production table has them
+        conn.exec_driver_sql("ANALYZE people" if source.dialect.name == "postgresql" else "ANALYZE TABLE people")
+    table = sa.Table("people", sa.MetaData(), autoload_with=source)
+    assert partition_column(table, "people", None) == "id"
+    assert partition_column(table, "people", "born") == "born"
+    assert 2000 <= estimated_rows(source, table) <= 4000  # an estimate, not a count
+    assert planned_parts(source, table, "auto", 1000) in (2, 3, 4)
+    assert planned_parts(source, table, "auto", 10**6) == 1
+    assert planned_parts(source, table, 5, 1000) == 5
+    ranges = plan_ranges(source, table, "people", "id", planned_parts(source, table, "auto", 1000))
+    assert read_partitions(source, ranges).num_rows == 3000
+
+
+def test_without_statistics_the_rows_are_counted(tmp_path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'p.sqlite'}")
+    make_table(engine, 250)
+    table = sa.Table("people", sa.MetaData(), autoload_with=engine)
+    assert estimated_rows(engine, table) == 250
+    assert planned_parts(engine, table, "auto", 100) == 3
+
+
+@pytest.mark.parametrize("key", ["composite", "none"])
+def test_automatic_partitioning_needs_a_single_column_key(tmp_path, key: str) -> None:
+    metadata = sa.MetaData()
+    columns = ([sa.Column("a", sa.Integer, primary_key=True), sa.Column("b", sa.Integer, primary_key=True)]
+               if key == "composite" else [sa.Column("a", sa.Integer)])
+    table = sa.Table("t", metadata, *columns)
+    with pytest.raises(SourceError, match=r"Fix: set partition\.column"):
+        partition_column(table, "people", None)

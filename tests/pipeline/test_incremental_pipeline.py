@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,16 +21,20 @@ from contract_extracts.core.settings import load_settings
 from contract_extracts.delivery.verify import decrypt_package
 from contract_extracts.demo.synthetic import write_demo_source
 from contract_extracts.pipeline.stages import Pipeline, RunContext
-from tests.conftest import Workspace
+from tests.conftest import Workspace, temporary_database
 
 CONTRACT = "C-DEMO-002"
 
 
-def make_incremental(workspace: Workspace, **extra) -> Path:
+def make_incremental(workspace: Workspace, parts: int | None = None, **extra) -> Path:
     path = workspace.contracts_dir / f"{CONTRACT}.yaml"
     data = yaml.safe_load(path.read_text())
     data["incremental"] = {"column": "id"}
     data.update(extra)
+    if parts:
+        for dataset in data["datasets"]:
+            if dataset["name"] == "claimants":
+                dataset["partition"] = {"column": "id", "parts": parts}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     approve_for_tests(workspace.config_dir, workspace.home, [path])
     return path
@@ -62,10 +68,26 @@ def add_claimants(url: str, start: int, count: int) -> None:
     engine.dispose()
 
 
-def test_incremental_windows_through_the_pipeline(workspace: Workspace, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'claims.sqlite'}"
+@contextmanager
+def source_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'claims.sqlite'}"
+        return
+    with temporary_database(kind) as url:
+        yield url
+
+
+@pytest.mark.parametrize(("kind", "parts"), [("sqlite", None), ("sqlite", 3), ("postgresql", 3)],
+                         ids=["sqlite", "sqlite-3-partitions", "postgresql-3-partitions-shared-snapshot"])
+def test_incremental_windows_through_the_pipeline(workspace: Workspace, tmp_path: Path, kind: str,
+                                                  parts: int | None) -> None:
+    with source_url(kind, tmp_path) as url:
+        incremental_nights(workspace, tmp_path, url, parts)
+
+
+def incremental_nights(workspace: Workspace, tmp_path: Path, url: str, parts: int | None) -> None:
     write_demo_source(url, n_people=300)
-    make_incremental(workspace)
+    make_incremental(workspace, parts)
 
     first = delivered_ninos(workspace, pipeline(workspace, url).run_all(), tmp_path)
     assert first[0] == "full" and len(first) - 1 == 300
@@ -78,6 +100,9 @@ def test_incremental_windows_through_the_pipeline(workspace: Workspace, tmp_path
     add_claimants(url, 2001, 7)
     failed = pipeline(workspace, url)
     failed.authorise()
+    if parts:
+        for part in failed.plan_partitions()["parts"]:
+            failed.extract_partition(part)
     failed.extract()
     failed.cleanup()
     caught_up = delivered_ninos(workspace, pipeline(workspace, url).run_all(), tmp_path)

@@ -26,12 +26,15 @@ from tests.conftest import Workspace, temporary_database
 CONTRACT = "C-DEMO-001"
 
 
-def set_partitions(workspace: Workspace, parts: int | None, sample: dict | None) -> None:
+def set_partitions(workspace: Workspace, parts: int | str | None, sample: dict | None) -> None:
     path = workspace.contracts_dir / f"{CONTRACT}.yaml"
     data = yaml.safe_load(path.read_text())
     for dataset, column in (("claimants", "id"), ("payments", "claimant_id")):
         spec = next(d for d in data["datasets"] if d["name"] == dataset)
-        if parts:
+        if parts == "auto":  # the primary key, one part per 150 rows of the table's statistics
+            spec["partition"] = {"parts": "auto", "rows_per_part": 150} if dataset == "claimants" else {
+                "column": column, "parts": "auto", "rows_per_part": 10_000}
+        elif parts:
             spec["partition"] = {"column": column, "parts": parts}
         else:
             spec.pop("partition", None)
@@ -72,14 +75,22 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.mark.parametrize("sample", [None, {"entity": "claimant", "fraction": 0.5, "max_records": 200}],
-                         ids=["full", "sampled"])
+@pytest.mark.parametrize(("sample", "parts"), [
+    (None, 3), ({"entity": "claimant", "fraction": 0.5, "max_records": 200}, 3), (None, "auto")],
+    ids=["full", "sampled", "automatic-parts-on-the-primary-key"])
 def test_partitioned_run_delivers_exactly_the_unpartitioned_data(workspace: Workspace, source: str,
-                                                                 tmp_path: Path, sample) -> None:
+                                                                 tmp_path: Path, sample, parts) -> None:
     set_partitions(workspace, None, sample)
     whole = delivered(workspace, pipeline(workspace, source).run_all(), tmp_path / "whole")
-    set_partitions(workspace, 3, sample)
+    set_partitions(workspace, parts, sample)
     parted_pipeline = pipeline(workspace, source)
+    if parts == "auto":
+        parted_pipeline.authorise()
+        planned = parted_pipeline.plan_partitions()["parts"]
+        assert sum(p["dataset"] == "claimants" for p in planned) >= 3  # 600 people, 150 rows per part
+        assert sum(p["dataset"] == "payments" for p in planned) == 1
+        parted_pipeline.cleanup()
+        parted_pipeline = pipeline(workspace, source)
     parted = delivered(workspace, parted_pipeline.run_all(), tmp_path / "parted")
     for name in whole:
         assert parted[name].num_rows == whole[name].num_rows > 0
@@ -119,3 +130,38 @@ def test_writes_during_a_partitioned_run_do_not_reach_the_delivery(workspace: Wo
             table = pq.read_table(out / "data" / f"{name}.parquet")
             table = table.sort_by([(c, "ascending") for c in table.column_names])
             assert table.equals(before[name]), f"{name} must equal the snapshot, not the changed source"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_an_unpartitioned_run_reads_every_dataset_from_one_snapshot(workspace: Workspace, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Writes committed between reading two datasets reach neither (PostgreSQL: one exported snapshot;
+    MariaDB: one consistent-snapshot transaction reading the datasets in turn)."""
+    from contract_extracts.masking import engine as masking_engine
+
+    with temporary_database(kind) as url:
+        write_demo_source(url, n_people=500)
+        set_partitions(workspace, None, None)
+        before = delivered(workspace, pipeline(workspace, url).run_all(), tmp_path / "before")
+
+        real = masking_engine.write_masked
+        changed = []
+
+        def write_then_change_the_source(*args, **kwargs):
+            rows = real(*args, **kwargs)
+            if not changed:  # after the first dataset is staged, before the second is read
+                writer = sa.create_engine(url)
+                with writer.begin() as conn:
+                    conn.execute(sa.text("DELETE FROM payments WHERE claimant_id > 400"))
+                    conn.execute(sa.text("DELETE FROM claimants WHERE id > 400"))
+                    conn.execute(sa.text("UPDATE claimants SET benefit_code = 'XX' WHERE id <= 100"))
+                writer.dispose()
+                changed.append(True)
+            return rows
+
+        monkeypatch.setattr(masking_engine, "write_masked", write_then_change_the_source)
+        during = delivered(workspace, pipeline(workspace, url).run_all(), tmp_path / "during")
+        assert changed
+        for name in ("claimants", "payments"):
+            assert during[name].equals(before[name]), f"{name} must equal the snapshot, not the changed source"

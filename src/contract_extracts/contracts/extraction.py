@@ -5,16 +5,45 @@ Declared here so contracts can already name them; a run refuses options the pipe
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_serializer
 
 from contract_extracts.contracts.base import COLUMN, Strict
 
+MAX_PARTS = 256
+
 
 class Partition(Strict):
-    """Split a large table into ranges of ``column`` read by parallel tasks."""
+    """Split a large table into ranges of ``column`` read by parallel tasks.
 
-    column: str = Field(pattern=COLUMN)
-    parts: int = Field(default=4, ge=1, le=256)
+    ``column`` unset: the table's single-column primary key. ``parts: auto``: one part per
+    ``rows_per_part`` rows of the table's size as its statistics give it (read when the run plans).
+    """
+
+    column: str | None = Field(default=None, pattern=COLUMN)
+    parts: int | Literal["auto"] = Field(default=4)
+    rows_per_part: int = Field(default=2_000_000, ge=1)
+
+    @field_validator("parts", mode="before")
+    @classmethod
+    def _parts_in_range(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("parts must be a whole number or 'auto', not true/false")
+        if isinstance(value, int) and not 1 <= value <= MAX_PARTS:
+            raise ValueError(f"parts must be a whole number from 1 to {MAX_PARTS}, or 'auto'")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> dict[str, Any]:
+        # Options added later stay out of the canonical form while unset, so approvals of contracts
+        # written before them still match.
+        data = handler(self)
+        if "column" not in self.model_fields_set:
+            data.pop("column", None)
+        if "rows_per_part" not in self.model_fields_set:
+            data.pop("rows_per_part", None)
+        return data
 
 
 class Incremental(Strict):

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, make_url
 
 from contract_extracts.core.errors import ConfigError
 
-# Airflow conn_type → SQLAlchemy driver we ship.
+# Airflow conn_type → SQLAlchemy driver we ship (MySQL/MariaDB: see mysql_driver()).
 _DRIVERS = {
     "postgres": "postgresql+psycopg",
     "postgresql": "postgresql+psycopg",
@@ -22,6 +22,15 @@ _DRIVERS = {
     "mariadb": "mysql+pymysql",
     "sqlite": "sqlite",
 }
+
+
+def mysql_driver() -> str:
+    """``mysql+mysqldb`` when mysqlclient (C, the extract's fast path) imports, else ``mysql+pymysql``."""
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        return "mysql+pymysql"
+    return "mysql+mysqldb"
 
 
 def sqlalchemy_url(uri: str, conn_id: str) -> URL:
@@ -35,7 +44,8 @@ def sqlalchemy_url(uri: str, conn_id: str) -> URL:
         raise ConfigError(f"has unsupported type {base!r}", key=f"connection {conn_id!r}",
                           fix=f"use one of: {', '.join(sorted(_DRIVERS))}")
     dialect = _DRIVERS[base].split("+", 1)[0]
-    driver = f"{dialect}+{scheme.split('+', 1)[1]}" if "+" in scheme else _DRIVERS[base]
+    default = mysql_driver() if dialect == "mysql" else _DRIVERS[base]
+    driver = f"{dialect}+{scheme.split('+', 1)[1]}" if "+" in scheme else default
     try:
         return make_url(f"{driver}://{rest}")
     except Exception:

@@ -9,6 +9,7 @@ CONTRACT_EXTRACTS_DROP_DIR     local drop folder root (default $HOME/drop)
 CONTRACT_EXTRACTS_LEDGER_URL   SQLAlchemy URL of the audit ledger (default sqlite:///$HOME/ledger.sqlite)
 CONTRACT_EXTRACTS_BATCH_ROWS   rows per Arrow record batch (default 65536)
 CONTRACT_EXTRACTS_LEDGER_KEY_FILE  0600 file with the ledger's HMAC key (keyed mode; see contract_extracts.audit.keys)
+CONTRACT_EXTRACTS_PSQL         psql client for the fast PostgreSQL route, or "off" (read by extract.postgres)
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
+from contract_extracts.core.streams import rebatch
+
 __all__ = [
     "BENEFIT_CODES",
     "CLAIMANTS_SCHEMA",
@@ -535,28 +537,6 @@ def _check_args(n_people: int, seed: int, batch_rows: int) -> None:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows!r}")
 
 
-def _rebatch(blocks: Iterable[pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Re-chunk a stream of record batches into batches of exactly ``batch_rows`` (last may be short)."""
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    for block in blocks:
-        if block.num_rows == 0:
-            continue
-        pending.append(block)
-        pending_rows += block.num_rows
-        if pending_rows < batch_rows:
-            continue
-        combined = pending[0] if len(pending) == 1 else pa.concat_batches(pending)
-        offset = 0
-        while pending_rows - offset >= batch_rows:
-            yield combined.slice(offset, batch_rows)
-            offset += batch_rows
-        pending = [combined.slice(offset)] if offset < pending_rows else []
-        pending_rows -= offset
-    if pending_rows:
-        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
-
-
 def _n_blocks(n_people: int) -> int:
     return -(-n_people // _BLOCK)
 
@@ -570,7 +550,7 @@ def claimant_batches(
     """
     _check_args(n_people, seed, batch_rows)
     blocks = (_People(seed, b, n_people).claimants(seed) for b in range(_n_blocks(n_people)))
-    return _rebatch(blocks, batch_rows)
+    return rebatch(blocks, batch_rows)
 
 
 def payment_batches(
@@ -590,7 +570,7 @@ def payment_batches(
             next_id += batch.num_rows
             yield batch
 
-    return _rebatch(blocks(), batch_rows)
+    return rebatch(blocks(), batch_rows)
 
 
 # ---------------------------------------------------------------------------------------------

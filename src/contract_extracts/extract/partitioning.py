@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from contract_extracts.core.errors import SourceError
 
-_SNAPSHOT_ID = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{8}-[0-9]+$")
+SNAPSHOT_ID = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{8}-[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,45 @@ def _as_int(value) -> int | None:
     if isinstance(value, dt.date):
         return value.toordinal()
     return int(value)
+
+
+def partition_column(table: sa.Table, dataset: str, column: str | None) -> str:
+    """The contract's partition column, or else the table's single-column primary key."""
+    if column is not None:
+        return column
+    key = list(table.primary_key.columns)
+    if len(key) != 1:
+        raise SourceError(f"dataset {dataset!r}: 'partition' names no column and table {table.name!r} has "
+                          f"{'a composite' if key else 'no'} primary key. Fix: set partition.column to an "
+                          "integer or date column")
+    return key[0].name
+
+
+def estimated_rows(engine: sa.Engine, table: sa.Table) -> int:
+    """The table's row count from its statistics (no scan); an exact count where there are none."""
+    estimate = None
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            estimate = conn.execute(sa.text(
+                "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = :name AND n.nspname = coalesce(:schema, current_schema())"),
+                {"name": table.name, "schema": table.schema}).scalar()
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            estimate = conn.execute(sa.text(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES "
+                "WHERE TABLE_NAME = :name AND TABLE_SCHEMA = coalesce(:schema, DATABASE())"),
+                {"name": table.name, "schema": table.schema}).scalar()
+        if estimate is None or estimate <= 0:  # never analysed (PostgreSQL: -1; InnoDB may say 0), or none
+            estimate = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+    return int(estimate)
+
+
+def planned_parts(engine: sa.Engine, table: sa.Table, parts: int | str, rows_per_part: int,
+                  max_parts: int = 256) -> int:
+    """``parts`` as declared, or (``auto``) one part per ``rows_per_part`` rows of the table."""
+    if parts != "auto":
+        return int(parts)
+    return max(1, min(max_parts, -(-estimated_rows(engine, table) // rows_per_part)))
 
 
 def plan_ranges(engine: sa.Engine, table: sa.Table, dataset: str, column: str, parts: int,
@@ -138,7 +177,7 @@ def snapshot_connection(engine: sa.Engine, snapshot: str | None) -> Iterator[sa.
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 if snapshot is not None:
-                    if not _SNAPSHOT_ID.match(snapshot):
+                    if not SNAPSHOT_ID.match(snapshot):
                         raise SourceError("snapshot id has an unexpected form; refusing to use it")
                     try:
                         # SET TRANSACTION SNAPSHOT takes no bind parameters; the id was checked above.

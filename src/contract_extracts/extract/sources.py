@@ -17,7 +17,8 @@ from sqlalchemy.engine import URL
 from contract_extracts.contracts.model import Contract, Dataset
 from contract_extracts.core.connections import safe_url
 from contract_extracts.core.errors import SourceError
-from contract_extracts.extract import postgres
+from contract_extracts.core.streams import rebatch
+from contract_extracts.extract import mysql, postgres
 from contract_extracts.extract.types import arrow_type
 
 _OPERATORS = {
@@ -101,37 +102,62 @@ def stream_batches(engine: sa.Engine, query: DatasetQuery, batch_rows: int, *, m
     """Stream the query's rows as Arrow record batches of at most ``batch_rows`` rows.
 
     ``method``: ``auto`` takes the fastest exact path the source offers (PostgreSQL: COPY parsed by
-    pyarrow); ``generic`` forces the SQLAlchemy server-side cursor path (any dialect). Callers never
+    pyarrow, through a ``psql`` child when the client is installed, else in-process; MySQL/MariaDB read
+    with mysqlclient: an unbuffered cursor fetching raw text, converted by pyarrow casts); ``psql`` and
+    ``copy`` force one of those two PostgreSQL routes, ``mysql`` the MySQL/MariaDB one; ``generic``
+    forces the SQLAlchemy server-side cursor path (any dialect). Callers never
     branch on the database: the choice is made here. ``connection``: an open connection already inside
     the transaction to read in (a partition's imported snapshot); ``where``: an extra condition (a range).
     """
     schema = query.schema
     statement = query.statement if where is None else query.statement.where(where)
-    fast = (method == "auto" and engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
-            and postgres.supports(schema))
+    if method not in ("auto", "psql", "copy", "mysql", "generic"):
+        raise ValueError(f"unknown extraction method {method!r}")
+    fast = _fast_path(engine.dialect, schema, statement) if method != "generic" else None
+    if method in ("psql", "copy") and fast != "postgresql":
+        raise SourceError(f"extraction method {method!r} needs a PostgreSQL source read with psycopg "
+                          "and column types the COPY route reproduces exactly")
+    if method == "mysql" and fast != "mysql":
+        raise SourceError("extraction method 'mysql' needs a MySQL/MariaDB source read with mysqlclient "
+                          "(mysql+mysqldb) and column types the raw-text route reproduces exactly")
     try:
         if connection is not None:
-            yield from _read(connection, statement, schema, fast, batch_rows)
+            yield from _read(connection, statement, schema, fast, batch_rows, method, query.dataset)
             return
         with engine.connect() as conn:
             if fast:
                 with conn.begin():
-                    yield from _read(conn, statement, schema, fast, batch_rows)
+                    yield from _read(conn, statement, schema, fast, batch_rows, method, query.dataset)
             else:
-                yield from _read(conn, statement, schema, fast, batch_rows)
+                yield from _read(conn, statement, schema, fast, batch_rows, method, query.dataset)
     except sa.exc.OperationalError:
         raise SourceError(f"source {safe_url(engine.url)} failed while reading dataset "
                           f"{query.dataset!r} (connection or query error)") from None
 
 
-def _read(conn: sa.Connection, statement: sa.Select, schema: pa.Schema, fast: bool,
-          batch_rows: int) -> Iterator[pa.RecordBatch]:
-    if fast:
-        for batch in postgres.stream_copy(conn.connection.driver_connection, statement, schema,
-                                          conn.engine.dialect):
-            for offset in range(0, batch.num_rows, batch_rows):
-                yield batch.slice(offset, batch_rows)
+def _fast_path(dialect: sa.Dialect, schema: pa.Schema, statement: sa.Select) -> str | None:
+    """The fast path this source and these column types allow: ``postgresql``, ``mysql`` or None."""
+    if dialect.name == "postgresql" and dialect.driver == "psycopg" and postgres.supports(schema):
+        return "postgresql"
+    if dialect.name in ("mysql", "mariadb") and dialect.driver == "mysqldb" and mysql.supports(schema, statement):
+        return "mysql"
+    return None
+
+
+def _read(conn: sa.Connection, statement: sa.Select, schema: pa.Schema, fast: str | None,
+          batch_rows: int, route: str = "auto", dataset: str = "") -> Iterator[pa.RecordBatch]:
+    if fast == "postgresql":
+        yield from rebatch(postgres.stream(conn.connection.driver_connection, statement, schema,
+                                           conn.engine.dialect, route=route), batch_rows)
         return
+    if fast == "mysql":
+        driver = conn.connection.driver_connection
+        if mysql.usable(driver):
+            yield from mysql.stream(driver, statement, schema, conn.engine.dialect, batch_rows, dataset=dataset)
+            return
+        if route == "mysql":
+            raise SourceError("extraction method 'mysql' needs the session to return text as utf8/utf8mb4. "
+                              "Fix: add ?charset=utf8mb4 to the connection")
     result = conn.execution_options(stream_results=True, max_row_buffer=batch_rows,
                                     yield_per=batch_rows).execute(statement)
     for rows in result.partitions(batch_rows):

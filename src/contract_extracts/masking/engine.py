@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from contract_extracts.contracts.treatments import Pseudonymise, sample_column
 from contract_extracts.core.errors import DataError
+from contract_extracts.core.streams import Drain, prefetched
 from contract_extracts.extract.sources import DatasetQuery, plan_query, reflect_table, stream_batches
 from contract_extracts.masking.hashing import HashPool
 from contract_extracts.masking.keys import ContractKeys
@@ -73,8 +74,16 @@ def plan_extract(engine: sa.Engine, contract: Any, *, file: str | None,
 
 
 def source_batches(engine: sa.Engine, query: Any, batch_rows: int, *, snapshot: str | None = None,
-                   where: sa.ColumnElement | None = None, consistent: bool = False) -> Iterator[pa.RecordBatch]:
-    """Batches of ``query``; inside the delivery's shared snapshot and/or a key range when given."""
+                   where: sa.ColumnElement | None = None, consistent: bool = False,
+                   connection: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+    """Batches of ``query``; inside the delivery's shared snapshot and/or a key range when given.
+
+    ``connection``: an open connection inside the delivery's consistent transaction, shared by every
+    read of the delivery (MariaDB/MySQL, where sessions cannot share a snapshot); used one read at a time.
+    """
+    if connection is not None:
+        yield from stream_batches(engine, query, batch_rows, connection=connection, where=where)
+        return
     if snapshot is None and where is None and not consistent:
         yield from stream_batches(engine, query, batch_rows)
         return
@@ -86,7 +95,7 @@ def source_batches(engine: sa.Engine, query: Any, batch_rows: int, *, snapshot: 
 
 def draw_sample(engine: sa.Engine, contract: Any, planned: list[PlannedDataset], keys: ContractKeys, *,
                 batch_rows: int, spill_dir: Path, pool: HashPool | None = None,
-                snapshot: str | None = None) -> SampleResult:
+                snapshot: str | None = None, connection: sa.Connection | None = None) -> SampleResult:
     """First pass: ranks of the sampling entity in every dataset → the limit and exact counts."""
     sample = contract.sample
     draw = SampleDraw(entity=sample.entity, fraction=sample.fraction, max_records=sample.max_records,
@@ -96,7 +105,7 @@ def draw_sample(engine: sa.Engine, contract: Any, planned: list[PlannedDataset],
                                                                    item.dataset.columns[item.sample_column]}})
         query = plan_query(item.table, narrowed, contract)
         rows = 0
-        for batch in source_batches(engine, query, batch_rows, snapshot=snapshot):
+        for batch in source_batches(engine, query, batch_rows, snapshot=snapshot, connection=connection):
             _, batch_ranks = _ranks(batch, item, keys, sample.entity, pool)
             draw.add(batch_ranks)
             rows += batch.num_rows
@@ -109,9 +118,11 @@ def draw_sample(engine: sa.Engine, contract: Any, planned: list[PlannedDataset],
 def masked_batches(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, *, batch_rows: int,
                    sample: SampleResult | None, entity: str | None, pool: HashPool | None = None,
                    snapshot: str | None = None, where: sa.ColumnElement | None = None,
-                   consistent: bool = False) -> Iterator[pa.RecordBatch]:
-    for batch in source_batches(engine, item.query, batch_rows, snapshot=snapshot, where=where,
-                                consistent=consistent):
+                   consistent: bool = False, connection: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+    # The source runs ahead in its own thread while this one masks (hashing waits on worker processes).
+    for batch in prefetched(source_batches(engine, item.query, batch_rows, snapshot=snapshot, where=where,
+                                           consistent=consistent, connection=connection),
+                            name=f"extract {item.name}"):
         if sample is not None:
             valid, batch_ranks = _ranks(batch, item, keys, entity, pool)
             batch = filter_rows(batch, valid, keep_mask(batch_ranks, sample.limit))
@@ -130,20 +141,26 @@ def _ranks(batch: pa.RecordBatch, item: PlannedDataset, keys: ContractKeys, enti
 def write_masked(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, path: Path, *, batch_rows: int,
                  sample: SampleResult | None = None, entity: str | None = None,
                  pool: HashPool | None = None, snapshot: str | None = None,
-                 where: sa.ColumnElement | None = None, consistent: bool = False) -> int:
+                 where: sa.ColumnElement | None = None, consistent: bool = False,
+                 connection: sa.Connection | None = None) -> int:
     """Masked pass of one dataset (or one key range of it) into ``path`` (Parquet, zstd); returns rows."""
     rows = 0
     next_report = REPORT_EVERY
     schema = output_schema(item.plans)
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for masked in masked_batches(engine, item, keys, batch_rows=batch_rows, sample=sample, entity=entity,
-                                     pool=pool, snapshot=snapshot, where=where, consistent=consistent):
-            if masked.num_rows:
-                writer.write_batch(masked)
-            rows += masked.num_rows
-            if rows >= next_report:
-                log.info("dataset %s: %d rows extracted and masked", item.name, rows)
-                next_report += REPORT_EVERY
+        drain = Drain(writer.write_batch, name=f"write {item.name}")  # compression overlaps the masking
+        try:
+            for masked in masked_batches(engine, item, keys, batch_rows=batch_rows, sample=sample, entity=entity,
+                                         pool=pool, snapshot=snapshot, where=where, consistent=consistent,
+                                         connection=connection):
+                if masked.num_rows:
+                    drain.put(masked)
+                rows += masked.num_rows
+                if rows >= next_report:
+                    log.info("dataset %s: %d rows extracted and masked", item.name, rows)
+                    next_report += REPORT_EVERY
+        finally:
+            drain.close()
         if rows == 0:
             writer.write_table(pa.Table.from_batches([], schema=schema))
     log.info("dataset %s: %d rows extracted and masked in total", item.name, rows)

@@ -6,7 +6,8 @@ have a ``delivered`` record count. So a night that fails (blocked, crashed, neve
 mark where it was and the next run catches up; a delivered window is never sent again.
 
 A window is ``mark < column <= upper`` where ``upper`` is the column's maximum when the extract starts
-(read in the same snapshot as the rows). Rows updated later carry a later value and go in a later window.
+(on PostgreSQL read in the delivery's snapshot, like the rows; for partitioned datasets planned once and
+applied by every partition). Rows updated later carry a later value and go in a later window.
 Marks are key values or timestamps, not personal data; they are stored in the ledger as tagged strings.
 Deletions in the source cannot travel in an incremental window (nothing is left to select): a periodic
 full refresh (a trigger parameter, recorded with its reason) re-sends the whole current extract.
@@ -35,6 +36,11 @@ class Window:
     def to_dict(self) -> dict:
         return {"dataset": self.dataset, "column": self.column, "after": encode_mark(self.after),
                 "upto": encode_mark(self.upto), "full": self.full}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Window:
+        return cls(data["dataset"], data["column"], decode_mark(data["after"]), decode_mark(data["upto"]),
+                   bool(data["full"]))
 
 
 def encode_mark(value: Any) -> str | None:
@@ -79,10 +85,7 @@ def previous_marks(ledger, contract_id: str) -> tuple[str | None, dict[str, Wind
                 continue
             windows = record.details_obj().get("windows")
             if windows:
-                return delivery, {
-                    w["dataset"]: Window(w["dataset"], w["column"], decode_mark(w["after"]),
-                                         decode_mark(w["upto"]), bool(w["full"]))
-                    for w in windows}
+                return delivery, {w["dataset"]: Window.from_dict(w) for w in windows}
     return None, {}
 
 

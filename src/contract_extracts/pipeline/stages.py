@@ -13,6 +13,7 @@ their type name).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -212,6 +213,7 @@ class Pipeline:
 
     def extract(self) -> dict:
         def body() -> dict:
+            from contract_extracts.extract.partitioning import exported_snapshot, snapshot_connection
             from contract_extracts.masking.engine import draw_sample, write_masked
             from contract_extracts.masking.hashing import HashPool, default_workers
 
@@ -221,35 +223,49 @@ class Pipeline:
             datasets = []
             sample = None
             try:
-                windows = self._incremental_windows(engine, contract, planned)
-                data_dir = make_private_dir(self.staging / "data")
                 plan = self._partition_plan()
-                snapshot = plan["snapshot"] if plan else None
-                with HashPool(self.ctx.hash_workers or default_workers()) as pool:
-                    if plan and plan["sample"]:
-                        sample = SampleResult.from_state(plan["sample"])  # drawn in the shared snapshot
+                shared = None  # one connection for every read (MariaDB/MySQL)
+                with contextlib.ExitStack() as held:
+                    if plan:  # windows planned once, in the shared snapshot, for every partition alike
+                        snapshot = plan["snapshot"]
+                        windows = self._apply_windows(planned, plan.get("windows"))
+                    else:
+                        # Every read of the delivery (the windows, the sample draw, all datasets) sees the
+                        # source at one instant: PostgreSQL through one exported snapshot, as partitions do;
+                        # MariaDB/MySQL through one consistent-snapshot transaction that reads them in turn.
+                        snapshot = held.enter_context(exported_snapshot(engine))
+                        if engine.dialect.name in ("mysql", "mariadb"):
+                            shared = held.enter_context(snapshot_connection(engine, None))
+                        windows = self._incremental_windows(engine, contract, planned, snapshot=snapshot,
+                                                            connection=shared)
+                    data_dir = make_private_dir(self.staging / "data")
+                    with HashPool(self.ctx.hash_workers or default_workers()) as pool:
+                        if plan and plan["sample"]:
+                            sample = SampleResult.from_state(plan["sample"])  # drawn in the shared snapshot
+                            for item in planned:
+                                item.population_rows = plan["population_rows"].get(item.name)
+                        elif contract.sample is not None:
+                            sample = draw_sample(engine, contract, planned, keys,
+                                                 batch_rows=self.ctx.settings.batch_rows,
+                                                 spill_dir=self.staging / "sample-ranks", pool=pool, snapshot=snapshot,
+                                                 connection=shared)
                         for item in planned:
-                            item.population_rows = plan["population_rows"].get(item.name)
-                    elif contract.sample is not None:
-                        sample = draw_sample(engine, contract, planned, keys, batch_rows=self.ctx.settings.batch_rows,
-                                             spill_dir=self.staging / "sample-ranks", pool=pool)
-                    for item in planned:
-                        path = data_dir / f"{item.name}.parquet"
-                        if plan and item.dataset.partition is not None:
-                            rows = _merge_parts(self._part_files(plan, item.name), path)
-                            item.rows = rows
-                        else:
-                            rows = write_masked(engine, item, keys, path, batch_rows=self.ctx.settings.batch_rows,
-                                                sample=sample,
-                                                entity=contract.sample.entity if contract.sample else None,
-                                                pool=pool, snapshot=snapshot)
-                        datasets.append({
-                            "name": item.name, "file": f"data/{item.name}.parquet", "rows": rows,
-                            "columns": [{"name": p.name, "type": str(p.output_type),
-                                         "treatment": p.treatment.treatment, "pseudonym": p.is_pseudonym,
-                                         "source_not_null": p.output_not_null,
-                                         "description": describe(p, contract.linkage)} for p in item.plans],
-                        })
+                            path = data_dir / f"{item.name}.parquet"
+                            if plan and item.dataset.partition is not None:
+                                rows = _merge_parts(self._part_files(plan, item.name), path)
+                                item.rows = rows
+                            else:
+                                rows = write_masked(engine, item, keys, path, batch_rows=self.ctx.settings.batch_rows,
+                                                    sample=sample,
+                                                    entity=contract.sample.entity if contract.sample else None,
+                                                    pool=pool, snapshot=snapshot, connection=shared)
+                            datasets.append({
+                                "name": item.name, "file": f"data/{item.name}.parquet", "rows": rows,
+                                "columns": [{"name": p.name, "type": str(p.output_type),
+                                             "treatment": p.treatment.treatment, "pseudonym": p.is_pseudonym,
+                                             "source_not_null": p.output_not_null,
+                                             "description": describe(p, contract.linkage)} for p in item.plans],
+                            })
             finally:
                 engine.dispose()
             sample_state = None
@@ -315,20 +331,19 @@ class Pipeline:
         """Export one snapshot for the delivery, draw the sample in it, split partitioned datasets into ranges."""
         def body() -> dict:
             from contract_extracts.extract import snapshot_holder
-            from contract_extracts.extract.partitioning import plan_ranges
+            from contract_extracts.extract.partitioning import partition_column, plan_ranges, planned_parts
             from contract_extracts.masking.engine import draw_sample
             from contract_extracts.masking.hashing import HashPool, default_workers
 
             contract = self._contract()
-            if contract.incremental is not None and any(d.partition for d in contract.datasets):
-                raise AuthorisationError("incremental deliveries of partitioned datasets are not supported yet; "
-                                         "remove 'partition' or 'incremental'")
             keys, url, engine, planned = self._extract_setup(contract)
             snapshot = None
             try:
                 if engine.dialect.name == "postgresql":
                     snapshot, _pid = snapshot_holder.start(url, ledger_url=self.ctx.settings.ledger_url,
                                                            contract=contract.contract, delivery=self.delivery_id)
+                # Incremental windows narrow the queries first, so the ranges split the window's rows.
+                windows = self._incremental_windows(engine, contract, planned, snapshot=snapshot)
                 sample_state = None
                 if contract.sample is not None:
                     with HashPool(self.ctx.hash_workers or default_workers()) as pool:
@@ -340,12 +355,14 @@ class Pipeline:
                     if item.dataset.partition is None:
                         continue
                     spec = item.dataset.partition
-                    for rng in plan_ranges(engine, item.table, item.name, spec.column, spec.parts,
+                    column = partition_column(item.table, item.name, spec.column)
+                    count = planned_parts(engine, item.table, spec.parts, spec.rows_per_part)
+                    for rng in plan_ranges(engine, item.table, item.name, column, count,
                                            where=item.query.statement.whereclause):
                         parts.append(rng.to_dict())
             finally:
                 engine.dispose()
-            plan = {"snapshot": snapshot, "sample": sample_state, "parts": parts,
+            plan = {"snapshot": snapshot, "sample": sample_state, "parts": parts, "windows": windows,
                     "population_rows": {i.name: i.population_rows for i in planned}}
             make_private_dir(self.staging / "parts")
             self._write_state("partitions.json", plan)
@@ -372,6 +389,7 @@ class Pipeline:
                 raise ContractExtractsError("this partition is not in the delivery's plan")
             rng = PartitionRange.from_dict(spec)
             keys, _url, engine, planned = self._extract_setup(contract)
+            self._apply_windows(planned, plan.get("windows"))
             item = next(i for i in planned if i.name == rng.dataset)
             sample = SampleResult.from_state(plan["sample"]) if plan["sample"] else None
             target = self.staging / "parts" / f"{rng.label}.parquet"
@@ -387,19 +405,24 @@ class Pipeline:
             return {"dataset": rng.dataset, "index": rng.index, "rows": rows}
         return self._run_stage("extract_partition", body)
 
-    def _incremental_windows(self, engine, contract: Contract, planned: list) -> list[dict] | None:
-        """Narrow every planned query to its incremental window (docs/extraction.md); None if not incremental."""
+    def _incremental_windows(self, engine, contract: Contract, planned: list, *, snapshot: str | None = None,
+                             connection=None) -> list[dict] | None:
+        """Narrow every planned query to its incremental window (docs/extraction.md); None if not incremental.
+
+        ``snapshot``: the delivery's shared snapshot, in which the windows' upper ends are read;
+        ``connection``: the delivery's shared consistent transaction (MariaDB/MySQL) to read them in.
+        """
         if contract.incremental is None:
             return None
-        import dataclasses
-
-        from contract_extracts.pipeline.incremental import current_upper, plan_window, previous_marks, window_clause
+        from contract_extracts.extract.partitioning import snapshot_connection
+        from contract_extracts.pipeline.incremental import current_upper, plan_window, previous_marks
 
         column = contract.incremental.column
         full = bool(self.ctx.trigger.get("full_refresh"))
         _delivery, previous = previous_marks(self.ledger, contract.contract)
         windows = []
-        with engine.connect() as conn:
+        with (contextlib.nullcontext(connection) if connection is not None
+              else snapshot_connection(engine, snapshot) if snapshot else engine.connect()) as conn:
             for item in planned:
                 if column not in item.table.c:
                     raise SourceError(f"dataset {item.name!r}: incremental column {column!r} does not exist in "
@@ -407,12 +430,29 @@ class Pipeline:
                 filter_clause = item.query.statement.whereclause
                 window = plan_window(item.name, column, previous.get(item.name),
                                      current_upper(conn, item.table, column, filter_clause), full_refresh=full)
-                clause = window_clause(item.table, window)
-                if clause is not None:
-                    item.query = dataclasses.replace(item.query, statement=item.query.statement.where(clause))
                 windows.append(window.to_dict())
+        self._apply_windows(planned, windows)
         log.info("incremental windows: %s", ", ".join(
             f"{w['dataset']} {'full' if w['full'] else 'incremental'}" for w in windows))
+        return windows
+
+    @staticmethod
+    def _apply_windows(planned: list, windows: list[dict] | None) -> list[dict] | None:
+        """Narrow each planned dataset's query to its window (as planned; never re-read from the source)."""
+        if not windows:
+            return windows
+        import dataclasses
+
+        from contract_extracts.pipeline.incremental import Window, window_clause
+
+        by_dataset = {w["dataset"]: Window.from_dict(w) for w in windows}
+        for item in planned:
+            window = by_dataset.get(item.name)
+            if window is None:
+                raise ContractExtractsError(f"dataset {item.name}: no incremental window was planned for it")
+            clause = window_clause(item.table, window)
+            if clause is not None:
+                item.query = dataclasses.replace(item.query, statement=item.query.statement.where(clause))
         return windows
 
     def disclosure(self) -> dict:
