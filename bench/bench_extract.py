@@ -1,6 +1,6 @@
 """Extraction benchmark against PostgreSQL, run by hand (never in the timed test suite).
 
-    .venv/bin/python bench/bench_extract.py [--rows 5000000] [--keep]
+    .venv/bin/python bench/bench_extract.py [--rows 5000000] [--keep] [--repeat 3] [--steps copy-server,extract,...]
 
 Generates N synthetic claimants into a PostgreSQL database (kept with --keep for the next run), then
 measures in the same run, each in a fresh process so peak RSS is its own:
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from benchlib import run_rounds
 
 ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -54,11 +55,24 @@ def ensure_source(rows: int, keep: bool) -> str:
         started = time.monotonic()
         print(f"generating {rows:,} claimants into {name} ...", flush=True)
         write_demo_source(url, n_people=rows)
+        # As a settled source table would be: hint bits set and statistics present, so the first measured
+        # step does not pay for writing hint bits into every page and automatic partitions see reltuples.
+        vacuum = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with vacuum.connect() as conn:
+            conn.exec_driver_sql("VACUUM (ANALYZE) claimants")
+        vacuum.dispose()
         print(f"  generated in {time.monotonic() - started:.0f}s", flush=True)
     return url
 
 
 # ---- measured steps (each runs in its own process: `bench_extract.py --step NAME URL`) -----------
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
 
 def step_copy_server(url: str) -> int:
     engine = sa.create_engine(url)
@@ -216,19 +230,12 @@ STEPS = {"copy-server": step_copy_server, "copy-psql": step_copy_psql, "copy-cli
          "extract-2parts": step_extract_2parts, "extract-generic": step_extract_generic, "pipeline": step_pipeline}
 
 
-def run_step(name: str, url: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--step", name, url], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        return {"step": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--keep", action="store_true", help="reuse the generated database if present")
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of every step; the median is shown")
     parser.add_argument("--step", nargs=2, metavar=("NAME", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:
@@ -237,21 +244,25 @@ def main() -> None:
         import pyarrow  # noqa: F401
 
         import contract_extracts.pipeline.stages  # noqa: F401
+        busy_before = busy_cpu_seconds()
         started = time.perf_counter()
         rows = STEPS[name](url)
         seconds = time.perf_counter() - started
+        cores_busy = (busy_cpu_seconds() - busy_before) / seconds
         peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
-        print(json.dumps({"step": name, "rows": rows, "seconds": seconds, "peak_mib": peak}))
+        print(json.dumps({"step": name, "rows": rows, "seconds": seconds, "peak_mib": peak,
+                          "cores_busy": cores_busy}))
         return
     url = ensure_source(args.rows, args.keep)
-    results = [run_step(name, url) for name in args.steps.split(",")]
+    results = run_rounds(__file__, args.steps.split(","), url, args.repeat)
     def rate_of(step: str) -> float | None:
         found = next((r for r in results if r.get("step") == step and "rows" in r), None)
         return found["rows"] / found["seconds"] if found else None
 
     server, client = rate_of("copy-server"), rate_of("copy-psql")
-    print(f"\n{'step':<16} {'rows':>11} {'seconds':>8} {'rows/s':>11} {'× COPY':>7} {'× psql':>7} {'peak RSS':>9}")
+    print(f"\n{'step':<16} {'rows':>11} {'seconds':>8} {'rows/s':>11} {'× COPY':>7} {'× psql':>7} {'peak RSS':>9}"
+          f" {'cores busy':>10}")
     for r in results:
         if "error" in r:
             print(f"{r['step']:<16} failed: {r['error']}")
@@ -259,10 +270,14 @@ def main() -> None:
         rate = r["rows"] / r["seconds"]
         ratios = [f"{rate / base:.2f}" if base else "-" for base in (server, client)]
         print(f"{r['step']:<16} {r['rows']:>11,} {r['seconds']:>8.1f} {rate:>11,.0f} {ratios[0]:>7} {ratios[1]:>7} "
-              f"{r['peak_mib']:>7.0f} MiB")
+              f"{r['peak_mib']:>7.0f} MiB {r.get('cores_busy', 0):>10.2f}")
     print("\n× COPY: against the server's own COPY to /dev/null (no client at all); × psql: against "
           "`psql \\copy … to /dev/null` (the whole table through libpq into a client that parses nothing).")
-    print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"cores busy: CPU time of the whole machine (client, psql, hash workers and the PostgreSQL backends) "
+          f"per second of the step, out of {os.cpu_count()}; a step near {os.cpu_count()} is bound by CPU, so "
+          "partitions cannot speed it up on this machine.")
+    print(f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; each figure is the median of "
+          f"{args.repeat} runs taken round by round, peak RSS the highest of them")
 
 
 if __name__ == "__main__":

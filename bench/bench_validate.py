@@ -19,11 +19,12 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import run_step
 
 REGIONS = ("North East", "North West", "Yorkshire", "East Midlands", "West Midlands", "East", "London",
            "South East", "South West", "Wales", "Scotland", "Northern Ireland")
@@ -164,14 +165,6 @@ def step_validate(path: Path, batch_rows: int) -> int:
 STEPS = {"read": step_read, "validate": step_validate}
 
 
-def run_step(name: str, path: Path, batch_rows: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--step", name, str(path), "--batch-rows", str(batch_rows)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        return {"step": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
@@ -210,7 +203,8 @@ def main() -> None:
             write_file(path, args.rows)
             print(f"  written in {time.monotonic() - started:.0f}s, {path.stat().st_size / 2**20:.0f} MiB",
                   flush=True)
-        results = [run_step(name, path, args.batch_rows) for name in args.steps.split(",")]
+        results = [run_step(__file__, name, str(path), "--batch-rows", str(args.batch_rows))
+                   for name in args.steps.split(",")]
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)

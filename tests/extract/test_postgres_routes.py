@@ -128,3 +128,25 @@ def test_connection_parameters_travel_in_the_environment_only(monkeypatch: pytes
 
 def test_an_unmappable_parameter_keeps_the_in_process_route() -> None:
     assert postgres.psql_environment(_fake_connection({"host": "h", "keepalives_idle": "30"}, None)) is None
+
+
+@pytest.mark.parametrize("value", [
+    "x\n\\! touch {marker}\n", "x'; \\! touch {marker}; --", ":'marker' :marker :{{marker}}", "\\gexec \\\\ \\q",
+    "line\r\nbreak \\copy t to '{marker}'",
+], ids=["meta-command-after-newline", "quote-break-attempt", "psql-variables", "backslashes", "copy-meta-command"])
+def test_psql_route_treats_filter_values_as_data_never_as_psql_commands(source: sa.Engine, tmp_path,
+                                                                        value: str) -> None:
+    # The statement reaches psql on its stdin: a filter value must stay inside its SQL literal, so psql's
+    # backslash commands and :variables in it are never run or substituted.
+    marker = tmp_path / "pwned"
+    value = value.format(marker=marker)
+    writer = sa.create_engine(source.url, isolation_level="AUTOCOMMIT")
+    with writer.connect() as w:
+        w.execute(sa.text("INSERT INTO t VALUES (200000, :v)"), {"v": value})
+    writer.dispose()
+    table = sa.Table("t", sa.MetaData(), autoload_with=source)
+    statement = sa.select(table.c.id, table.c.label).where(table.c.label == value)
+    by_psql = read(source, statement, "psql")
+    assert by_psql.to_pylist() == [{"id": 200000, "label": value}]
+    assert by_psql.equals(read(source, statement, "copy"))
+    assert not marker.exists()

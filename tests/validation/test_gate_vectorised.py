@@ -114,8 +114,9 @@ def test_whole_file_counts_equal_a_full_gx_validation(tmp_path: Path, token: str
 
 def test_batching_does_not_change_the_answer(tmp_path: Path, token: str) -> None:
     path = write(tmp_path, data(), row_group_size=333)
+    # 17 neither divides nor is divided by the row groups; a batch of 1 row took 36 s for the same coverage.
     answers = {batch: validate_parquet(path, RULES, batch_rows=batch, leak_token=token).to_dict()
-               for batch in (1, 999, 2_000, 100_000)}
+               for batch in (17, 999, 2_000, 100_000)}
     assert len({json.dumps(a, sort_keys=True) for a in answers.values()}) == 1
 
 
