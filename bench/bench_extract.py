@@ -270,7 +270,7 @@ def main() -> None:
         rate = r["rows"] / r["seconds"]
         ratios = [f"{rate / base:.2f}" if base else "-" for base in (server, client)]
         print(f"{r['step']:<16} {r['rows']:>11,} {r['seconds']:>8.1f} {rate:>11,.0f} {ratios[0]:>7} {ratios[1]:>7} "
-              f"{r['peak_mib']:>7.0f} MiB {r.get('cores_busy', 0):>10.2f}")
+              f"{r['peak_mib']:>7.0f} MiB {r['cores_busy']:>10.2f}")
     print("\n× COPY: against the server's own COPY to /dev/null (no client at all); × psql: against "
           "`psql \\copy … to /dev/null` (the whole table through libpq into a client that parses nothing).")
     print(f"cores busy: CPU time of the whole machine (client, psql, hash workers and the PostgreSQL backends) "

@@ -16,13 +16,13 @@ def run_step(script: str, name: str, target: str, *extra: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_rounds(script: str, names: list[str], target: str, repeat: int, *extra: str) -> list[dict]:
+def run_rounds(script: str, names: list[str], target: str, repeat: int) -> list[dict]:
     """Every step ``repeat`` times, round by round (so a noisy minute hits all steps alike), and per step the
-    run of median duration, with the highest peak RSS of its runs and how many runs there were."""
+    run of median duration with the highest peak RSS of its runs."""
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(repeat):
         for name in names:
-            runs[name].append(run_step(script, name, target, *extra))
+            runs[name].append(run_step(script, name, target))
     results = []
     for name in names:
         ok = sorted((r for r in runs[name] if "error" not in r), key=lambda r: r["seconds"])
@@ -30,6 +30,6 @@ def run_rounds(script: str, names: list[str], target: str, repeat: int, *extra: 
             results.append(runs[name][-1])
             continue
         median = dict(ok[(len(ok) - 1) // 2])
-        median.update(peak_mib=max(r["peak_mib"] for r in ok), runs=len(ok))
+        median["peak_mib"] = max(r["peak_mib"] for r in ok)
         results.append(median)
     return results
