@@ -23,11 +23,12 @@ RUN apt-get update \
 # The image's airflow user (uid 50000, group 0, as in the official image).
 USER 50000
 WORKDIR /opt/contract-extracts
-COPY --chown=50000:0 pyproject.toml constraints.txt README.md ./
-COPY --chown=50000:0 src ./src
+# The build context is the installable project only (.dockerignore): pyproject.toml, the stage packages at
+# the top level, dags/ and plugins/ (whose airflow_glue package the wheel installs as a top-level package).
+COPY --chown=50000:0 . ./
 # The constraints pin apache-airflow to the base image's 3.3.2, so the install cannot move Airflow itself.
 RUN pip install --no-cache-dir -c constraints.txt . \
- && python -c "import contract_extracts.airflow_glue.ui, contract_extracts.pipeline.stages, MySQLdb"
+ && python -c "import airflow_glue.ui, pipeline.stages, MySQLdb"
 
 COPY --chown=50000:0 dags /opt/airflow/dags
 COPY --chown=50000:0 plugins /opt/airflow/plugins

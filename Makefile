@@ -9,12 +9,13 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_COMPILE_BYTECODE := 1
 export CONTRACT_EXTRACTS_HOME ?= $(STATE)
 
-.PHONY: help demo test lint lock venv build-deps system-deps clean
+.PHONY: help demo test lint typecheck lock venv build-deps system-deps clean
 
 help:
 	@echo "make demo   set up and run both demo contracts through Airflow (SQLite source, local drop folder)"
 	@echo "make test   set up and run the whole test suite (unit, integration, end-to-end)"
 	@echo "make lint   ruff"
+	@echo "make typecheck   mypy (strict on the stage packages)"
 	@echo "make lock   re-pin constraints.txt from pyproject.toml"
 
 $(CURDIR)/.tools/bin/uv:
@@ -61,7 +62,10 @@ demo: venv system-deps
 	$(VENV)/bin/contract-extracts demo
 
 lint: venv
-	$(VENV)/bin/ruff check src tests dags bench plugins
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
 
 test: venv system-deps lint
 	$(VENV)/bin/pytest

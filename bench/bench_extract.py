@@ -38,7 +38,7 @@ def database_url(rows: int) -> str:
 
 
 def ensure_source(rows: int, keep: bool) -> str:
-    from contract_extracts.demo.synthetic import write_demo_source
+    from demo.synthetic import write_demo_source
 
     url = database_url(rows)
     name = sa.engine.make_url(url).database
@@ -87,7 +87,7 @@ def step_copy_psql(url: str) -> int:
     """``psql \\copy … to /dev/null``: the whole table through libpq into a client, parsed by nobody."""
     import psycopg
 
-    from contract_extracts.extract.postgres import psql_environment
+    from extract.postgres import psql_environment
 
     dsn = sa.engine.make_url(url).set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(dsn) as conn:
@@ -111,8 +111,8 @@ def step_copy_client(url: str) -> int:
 
 
 def _extract(url: str, method: str) -> int:
-    from contract_extracts.contracts.model import Contract
-    from contract_extracts.extract.sources import create_source_engine, plan_query, reflect_table, stream_batches
+    from contracts.model import Contract
+    from extract.sources import create_source_engine, plan_query, reflect_table, stream_batches
 
     contract = Contract.model_validate(bench_contract("keep-all"))
     engine = create_source_engine(sa.engine.make_url(url))
@@ -136,9 +136,9 @@ def step_extract_generic(url: str) -> int:
 
 
 def _extract_range(url: str, index: int, parts: int) -> int:
-    from contract_extracts.contracts.model import Contract
-    from contract_extracts.extract.partitioning import plan_ranges, range_clause, snapshot_connection
-    from contract_extracts.extract.sources import create_source_engine, plan_query, reflect_table, stream_batches
+    from contracts.model import Contract
+    from extract.partitioning import plan_ranges, range_clause, snapshot_connection
+    from extract.sources import create_source_engine, plan_query, reflect_table, stream_batches
 
     contract = Contract.model_validate(bench_contract("keep-all"))
     engine = create_source_engine(sa.engine.make_url(url))
@@ -167,10 +167,10 @@ def step_pipeline(url: str) -> int:
 
     import yaml
 
-    from contract_extracts.core.settings import load_settings
-    from contract_extracts.delivery.recipients import new_identity_file
-    from contract_extracts.demo.runner import ensure_keys
-    from contract_extracts.pipeline.stages import Pipeline, RunContext
+    from core.settings import load_settings
+    from delivery.recipients import new_identity_file
+    from demo.runner import ensure_keys
+    from pipeline.stages import Pipeline, RunContext
 
     home = Path(tempfile.mkdtemp(prefix="ce-bench-"))
     keys = ensure_keys(home)
@@ -183,7 +183,7 @@ def step_pipeline(url: str) -> int:
     os.environ.update(CONTRACT_EXTRACTS_HOME=str(home), CONTRACT_EXTRACTS_CONFIG_DIR=str(home / "configs"),
                       CONTRACT_EXTRACTS_MASTER_KEY_FILE=str(keys["master"]),
                       CONTRACT_EXTRACTS_SIGNING_KEY_FILE=str(keys["signing"]))
-    from contract_extracts.authorisation.testing import approve_for_tests
+    from authorisation.testing import approve_for_tests
 
     approve_for_tests(home / "configs", home, [contracts / "C-BENCH-1.yaml"])  # a throwaway approver
     ctx = RunContext(contract_path=contracts / "C-BENCH-1.yaml", settings=load_settings(), actor="bench",
@@ -243,7 +243,7 @@ def main() -> None:
         # Import what the steps use before the clock starts: rates measure work, not start-up.
         import pyarrow  # noqa: F401
 
-        import contract_extracts.pipeline.stages  # noqa: F401
+        import pipeline.stages  # noqa: F401
         busy_before = busy_cpu_seconds()
         started = time.perf_counter()
         rows = STEPS[name](url)

@@ -83,8 +83,8 @@ def run_baseline(total: int, size: int, spaced: bool) -> tuple[float, str]:
 
 
 def run_masking(total: int, size: int, spaced: bool, workers: int) -> tuple[float, str]:
-    from contract_extracts.masking.hashing import HashPool
-    from contract_extracts.masking.pseudonyms import pseudonymise_array
+    from masking.hashing import HashPool
+    from masking.pseudonyms import pseudonymise_array
 
     digest = hashlib.sha256()
     elapsed = 0.0
@@ -136,7 +136,7 @@ def main() -> None:
     for label, mode, batch, workers in modes:
         cmd = [sys.executable, __file__, "--mode", mode, "--batch", str(batch), "--workers", str(workers),
                "--values", str(args.values), "--repeat", str(args.repeat)] + (["--spaced"] if args.spaced else [])
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         results[label] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results["baseline (plain hmac loop)"]

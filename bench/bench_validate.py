@@ -103,7 +103,7 @@ def write_file(path: Path, rows: int, chunk: int = 500_000) -> None:
 
 
 def rules(rows: int):
-    from contract_extracts.validation.gate import ColumnRule, DatasetRules, Domain
+    from validation.gate import ColumnRule, DatasetRules, Domain
 
     years = (Domain("between", min_value=1850, max_value=2027),)
     return DatasetRules("claimants", (
@@ -124,7 +124,7 @@ def rules(rows: int):
 
 def identifiers():
     """~1000 NINO-like raw identifiers plus some numeric ids, as the pipeline draws them from the source."""
-    from contract_extracts.validation.leakage import IdentifierSample
+    from validation.leakage import IdentifierSample
 
     letters = "ABCEGHJKLMNPRSTWXYZ"
     ninos = [f"{letters[n % 19]}{letters[n // 19 % 19]}{123457 * n % 1_000_000:06d}{'ABCD'[n % 4]}"
@@ -148,8 +148,8 @@ def step_read(path: Path, batch_rows: int) -> int:
 def step_validate(path: Path, batch_rows: int) -> int:
     import pyarrow.parquet as pq
 
-    from contract_extracts.validation import leakage
-    from contract_extracts.validation.gate import validate_parquet
+    from validation import leakage
+    from validation.gate import validate_parquet
 
     rows = pq.ParquetFile(path).metadata.num_rows
     token = leakage.register(identifiers())
@@ -181,10 +181,10 @@ def main() -> None:
         import_seconds = 0.0
         if name == "validate":
             started = time.perf_counter()
-            from contract_extracts.validation.gate import _import_gx
+            from validation.gate import _import_gx
 
             _import_gx()
-            import contract_extracts.validation.expectations  # noqa: F401
+            import validation.expectations  # noqa: F401
             import_seconds = time.perf_counter() - started
         started = time.perf_counter()
         rows = STEPS[name](Path(file), args.batch_rows)

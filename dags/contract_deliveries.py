@@ -1,12 +1,12 @@
 """One DAG per valid contract file in $CONTRACT_EXTRACTS_CONFIG_DIR/contracts (default: ../configs).
 
-Kept thin on purpose: all logic lives in the contract_extracts package.
+Kept thin on purpose: all logic lives in the stage packages and plugins/airflow_glue.
 """
 
 import os
 from pathlib import Path
 
-from contract_extracts.airflow_glue.builder import build_all
+from airflow_glue.builder import build_all
 
 _CONFIG_DIR = Path(os.environ.get("CONTRACT_EXTRACTS_CONFIG_DIR") or Path(__file__).parent.parent / "configs")
 

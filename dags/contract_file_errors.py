@@ -7,7 +7,7 @@ This file defines no DAG when every contract is valid.
 import os
 from pathlib import Path
 
-from contract_extracts.airflow_glue.builder import InvalidContractFiles, broken_contracts
+from airflow_glue.builder import InvalidContractFiles, broken_contracts
 
 _CONFIG_DIR = Path(os.environ.get("CONTRACT_EXTRACTS_CONFIG_DIR") or Path(__file__).parent.parent / "configs")
 

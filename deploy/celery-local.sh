@@ -59,7 +59,7 @@ airflow_env() {
   export AIRFLOW__API_AUTH__JWT_SECRET AIRFLOW__API__SECRET_KEY
   AIRFLOW__API_AUTH__JWT_SECRET="$(sed -n 1p "$STATE/secrets")"
   AIRFLOW__API__SECRET_KEY="$(sed -n 2p "$STATE/secrets")"
-  export AIRFLOW__CORE__HOSTNAME_CALLABLE=contract_extracts.airflow_glue.hostname.worker_hostname
+  export AIRFLOW__CORE__HOSTNAME_CALLABLE=airflow_glue.hostname.worker_hostname
   export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$REPO/dags}"
   export AIRFLOW__CORE__PLUGINS_FOLDER="${AIRFLOW__CORE__PLUGINS_FOLDER:-$REPO/plugins}"
   export AIRFLOW__CORE__LOAD_EXAMPLES=False

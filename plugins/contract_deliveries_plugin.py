@@ -1,6 +1,6 @@
 """Airflow plugin: the "Contract deliveries" page in the Airflow UI (Airflow 3.1+ plugin interface).
 
-Thin on purpose: the pages live in ``contract_extracts.airflow_glue.ui``. The API server mounts the
+Thin on purpose: the pages live in ``airflow_glue.ui``. The API server mounts the
 FastAPI app at /contract-deliveries; ``external_views`` add a navigation entry (shown in an iframe at
 /plugin/contract-deliveries), a tab on every contract DAG and a tab on every DAG run. Every route
 requires an Airflow login. Restart the API server after changing this file.
@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
-from contract_extracts.airflow_glue.ui import URL_PREFIX, create_app
+from airflow_glue.ui import URL_PREFIX, create_app
 
 
 class ContractDeliveriesPlugin(AirflowPlugin):

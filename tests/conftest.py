@@ -38,8 +38,8 @@ class Workspace:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    from contract_extracts.authorisation.testing import write_registry
-    from contract_extracts.demo.runner import ensure_keys, render_demo_contracts
+    from authorisation.testing import write_registry
+    from demo.runner import ensure_keys, render_demo_contracts
 
     home = tmp_path / "state"
     keys = ensure_keys(home)
@@ -48,7 +48,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     render_demo_contracts(REPO / "configs" / "contracts", config_dir / "contracts", identities)
     # Approvers for the authorise gate: test-iam (Information Asset Manager) and test-approver, keys in
     # <home>/keys/. Nothing is approved here: a test approves what it runs with
-    # contract_extracts.authorisation.testing.approve_for_tests(config_dir, home, [contract paths]).
+    # authorisation.testing.approve_for_tests(config_dir, home, [contract paths]).
     write_registry(config_dir, home)
     env = {
         "CONTRACT_EXTRACTS_HOME": str(home),

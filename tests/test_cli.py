@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.cli import main
+from cli import main
 from tests.conftest import REPO, Workspace
 
 
@@ -50,8 +50,8 @@ def test_keys_commands_print_public_parts_only(tmp_path: Path, capsys: pytest.Ca
 
 def test_audit_verify_names_the_first_broken_record(workspace: Workspace,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from contract_extracts.audit.ledger import Ledger
-    from contract_extracts.core.settings import load_settings
+    from audit.ledger import Ledger
+    from core.settings import load_settings
 
     ledger = Ledger(load_settings().ledger_url)
     for n in range(5):

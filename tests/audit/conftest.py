@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from contract_extracts.audit.ledger import Ledger
+from audit.ledger import Ledger
 
 # Superuser connection to the maintenance database (trust auth on this machine, no password).
 PG_ADMIN_URL = os.environ.get("CONTRACT_EXTRACTS_TEST_PG_URL",

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from contract_extracts.audit.checkpoint import CHECKPOINT_ACTION, read_checkpoint, write_checkpoint
-from contract_extracts.audit.ledger import canonical_json
-from contract_extracts.core.errors import LedgerError, VerificationError
+from audit.checkpoint import CHECKPOINT_ACTION, read_checkpoint, write_checkpoint
+from audit.ledger import canonical_json
+from core.errors import LedgerError, VerificationError
 
 from .test_ledger import KEY, auditor_hash, fill, raw, raw_rows
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-import contract_extracts.cli as cli
-from contract_extracts.audit.keys import open_ledger
+import cli as cli
+from audit.keys import open_ledger
 
 from .test_ledger import fill, raw
 
 
 @pytest.fixture
 def main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from contract_extracts.delivery.signing import new_signing_key
+    from delivery.signing import new_signing_key
 
     for name in ("CONTRACT_EXTRACTS_LEDGER_URL", "CONTRACT_EXTRACTS_LEDGER_KEY", "CONTRACT_EXTRACTS_LEDGER_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.audit.export import EXPORT_ACTION, export
-from contract_extracts.core.errors import LedgerError
+from audit.export import EXPORT_ACTION, export
+from core.errors import LedgerError
 
 from .test_ledger import KEY, auditor_check, fill
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.audit.keys import load_ledger_key, new_ledger_key_file, open_ledger
-from contract_extracts.core.errors import KeyError_, LedgerError
-from contract_extracts.core.settings import load_settings
+from audit.keys import load_ledger_key, new_ledger_key_file, open_ledger
+from core.errors import KeyError_, LedgerError
+from core.settings import load_settings
 
 HEX = "11" * 32
 

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
-import contract_extracts.audit.ledger as ledger_mod
-from contract_extracts.audit import GENESIS, Ledger, LedgerRecord, canonical_json, chain_hash, record_body
-from contract_extracts.core.errors import ContractExtractsError, LedgerError
+import audit.ledger as ledger_mod
+from audit import GENESIS, Ledger, LedgerRecord, canonical_json, chain_hash, record_body
+from core.errors import ContractExtractsError, LedgerError
 
 from .conftest import PG_ADMIN_URL
 
@@ -656,7 +656,7 @@ def test_postgresql_server_is_reachable() -> None:
 
 
 def test_ledger_module_never_imports_airflow() -> None:
-    code = ("import sys, contract_extracts.audit.ledger; "
+    code = ("import sys, audit.ledger; "
             "bad = [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

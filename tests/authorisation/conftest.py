@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import contract_extracts.cli as cli
-from contract_extracts.demo.synthetic import write_demo_source
+import cli as cli
+from demo.synthetic import write_demo_source
 from tests.conftest import Workspace, temporary_database
 
 
@@ -45,7 +45,7 @@ def source_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def cli_main(monkeypatch: pytest.MonkeyPatch):
-    """``contract_extracts.cli.main`` with the approvals and audit subcommands registered."""
+    """``cli.main`` with the approvals and audit subcommands registered."""
     wanted = tuple(dict.fromkeys((*cli._AREA_MODULES, "approvals", "audit")))
     monkeypatch.setattr(cli, "_AREA_MODULES", wanted)
     return cli.main

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contract_extracts.audit.keys import open_ledger
-from contract_extracts.authorisation import sshsig
-from contract_extracts.authorisation.approvals import (
+from audit.keys import open_ledger
+from authorisation import sshsig
+from authorisation.approvals import (
     APPROVED,
     Statement,
     approve,
@@ -19,11 +19,11 @@ from contract_extracts.authorisation.approvals import (
     refusal,
     revoke,
 )
-from contract_extracts.authorisation.content import content_parts, describe_changes
-from contract_extracts.authorisation.registry import load_registry, registry_path
-from contract_extracts.authorisation.testing import approve_for_tests, approver_key_file, write_registry
-from contract_extracts.contracts.loading import content_hash, load_contract
-from contract_extracts.core.errors import AuthorisationError, KeyError_, VerificationError
+from authorisation.content import content_parts, describe_changes
+from authorisation.registry import load_registry, registry_path
+from authorisation.testing import approve_for_tests, approver_key_file, write_registry
+from contracts.loading import content_hash, load_contract
+from core.errors import AuthorisationError, KeyError_, VerificationError
 from tests.conftest import Workspace
 
 STATEMENT = Statement(contract="C-2026-017", content_sha256="ab" * 32, approver="jane.doe",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contract_extracts.authorisation.testing import approver_key_file, write_registry
+from authorisation.testing import approver_key_file, write_registry
 from tests.conftest import Workspace
 
 IAM = ["--by", "test-iam", "--role", "information-asset-manager"]

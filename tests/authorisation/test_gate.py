@@ -17,20 +17,20 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from contract_extracts.audit.keys import open_ledger
-from contract_extracts.authorisation import sshsig
-from contract_extracts.authorisation.approvals import APPROVED, Statement, approve, assess, refusal, revoke
-from contract_extracts.authorisation.registry import IAM_ROLE, REGISTRY_ACTION, load_registry, registry_path
-from contract_extracts.authorisation.testing import (
+from audit.keys import open_ledger
+from authorisation import sshsig
+from authorisation.approvals import APPROVED, Statement, approve, assess, refusal, revoke
+from authorisation.registry import IAM_ROLE, REGISTRY_ACTION, load_registry, registry_path
+from authorisation.testing import (
     TEST_APPROVERS,
     approve_for_tests,
     approver_key_file,
     write_registry,
 )
-from contract_extracts.contracts.loading import content_hash, load_contract
-from contract_extracts.core.errors import AuthorisationError
-from contract_extracts.core.settings import load_settings
-from contract_extracts.pipeline.stages import Pipeline, RunContext
+from contracts.loading import content_hash, load_contract
+from core.errors import AuthorisationError
+from core.settings import load_settings
+from pipeline.stages import Pipeline, RunContext
 from tests.conftest import Workspace
 
 CONTRACT = "C-DEMO-002"
@@ -381,7 +381,7 @@ def test_other_contracts_approval_does_not_count(gate_ws: Workspace, source_url:
 
 def test_keyed_ledger_end_to_end(gate_ws: Workspace, source_url: str, monkeypatch: pytest.MonkeyPatch,
                                  tmp_path: Path) -> None:
-    from contract_extracts.audit.keys import new_ledger_key_file
+    from audit.keys import new_ledger_key_file
 
     key_file = tmp_path / "ledger.key"
     new_ledger_key_file(key_file)

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.authorisation import sshsig
-from contract_extracts.authorisation.registry import (
+from audit.ledger import Ledger
+from authorisation import sshsig
+from authorisation.registry import (
     REGISTRY_ACTION,
     load_registry,
     registry_history,
     state_before,
     sync_registry,
 )
-from contract_extracts.core.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import REPO
 
 

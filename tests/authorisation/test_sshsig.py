@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from contract_extracts.authorisation import sshsig
-from contract_extracts.core.errors import KeyError_, VerificationError
-from contract_extracts.core.keyfiles import write_private_file
+from authorisation import sshsig
+from core.errors import KeyError_, VerificationError
+from core.keyfiles import write_private_file
 
 MESSAGE = b"contract-extracts approval v1\ncontract: C-1\n"
 needs_ssh_keygen = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH ssh-keygen")

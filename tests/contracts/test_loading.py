@@ -17,8 +17,8 @@ import pyrage
 import pytest
 import yaml
 
-from contract_extracts.contracts import Contract, content_hash, discover_contract_files, load_contract
-from contract_extracts.core.errors import ConfigError, ContractError
+from contracts import Contract, content_hash, discover_contract_files, load_contract
+from core.errors import ConfigError, ContractError
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACTS_DIR = REPO / "configs" / "contracts"

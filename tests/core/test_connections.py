@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from contract_extracts.core.connections import env_connection_url, mysql_driver, safe_url, sqlalchemy_url, uri_from_json
-from contract_extracts.core.errors import ConfigError
+from core.connections import env_connection_url, mysql_driver, safe_url, sqlalchemy_url, uri_from_json
+from core.errors import ConfigError
 
 URIS = {
     "postgres": ("postgres://u:p@db.example:5432/claims", "postgresql+psycopg", "db.example", 5432, "claims"),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.core.errors import ConfigError
-from contract_extracts.core.paths import make_private_dir, remove_tree, safe_segment, within
+from core.errors import ConfigError
+from core.paths import make_private_dir, remove_tree, safe_segment, within
 
 REFUSED = {
     "dot-dot": ("..", "'..'"),

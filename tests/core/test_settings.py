@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.core.errors import ConfigError
-from contract_extracts.core.settings import load_settings
+from core.errors import ConfigError
+from core.settings import load_settings
 
 
 def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.core.streams import Drain, prefetched
+from core.streams import Drain, prefetched
 
 
 def numbers(n: int, closed: list[str], fail_at: int | None = None):
@@ -92,7 +92,7 @@ def test_drain_surfaces_the_sink_error() -> None:
 def test_rebatch_gives_full_batches_in_order(sizes: list[int], batch_rows: int) -> None:
     import pyarrow as pa
 
-    from contract_extracts.core.streams import rebatch
+    from core.streams import rebatch
 
     start = 0
     batches = []

@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from contract_extracts.airflow_glue import alerts
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.core.settings import load_settings
-from contract_extracts.pipeline.stages import delivery_id_for
+from airflow_glue import alerts
+from audit.ledger import Ledger
+from core.settings import load_settings
+from pipeline.stages import delivery_id_for
 from tests.conftest import Workspace
 
 SECRET_VALUE = "QQ123456C"  # stands for a data value that must never reach an alert
@@ -51,7 +51,7 @@ def test_notify_logs_and_never_raises(workspace: Workspace, caplog: pytest.LogCa
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONTRACT_EXTRACTS_LEDGER_URL", "not a url")
     monkeypatch.delenv(alerts.ALERT_EMAIL_ENV, raising=False)
-    with caplog.at_level("ERROR", logger="contract_extracts.alerts"):
+    with caplog.at_level("ERROR", logger="airflow_glue.alerts"):
         alert = alerts.notify_failure(context(), "C-DEMO-001")
     assert alert is not None and "ALERT contract C-DEMO-001" in caplog.text and "stage extract" in caplog.text
     assert SECRET_VALUE not in caplog.text

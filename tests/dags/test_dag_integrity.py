@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.contracts import dag_id_for, discover_contract_files
+from contracts import dag_id_for, discover_contract_files
 from tests.conftest import REPO
 
 PROBE = r"""

@@ -83,7 +83,7 @@ def test_tags_owner_and_docs(dags: dict) -> None:
 
 
 def test_trigger_params_are_bounded_and_printable() -> None:
-    from contract_extracts.airflow_glue.builder import trigger_params
+    from airflow_glue.builder import trigger_params
 
     assert trigger_params({"delivery_reference": "REQ-1", "reason": "  monthly \x07refresh "}) == {
         "delivery_reference": "REQ-1", "reason": "monthly refresh"}
@@ -99,7 +99,7 @@ def test_pipeline_trigger_records_params_worker_and_plain_run_type(tmp_path: Pat
 
     from airflow.utils.types import DagRunType
 
-    from contract_extracts.airflow_glue.builder import _pipeline
+    from airflow_glue.builder import _pipeline
 
     monkeypatch.setenv("CONTRACT_EXTRACTS_HOME", str(tmp_path))
     dag_run = SimpleNamespace(dag_id="contract_c_demo_001", run_id="scheduled__x", run_type=DagRunType.SCHEDULED,

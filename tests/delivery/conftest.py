@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pyrage
 import pytest
 
-from contract_extracts.delivery.package import (
+from delivery.package import (
     PACKAGE_FORMAT,
     BuiltPackage,
     PackageFile,
@@ -21,8 +21,8 @@ from contract_extracts.delivery.package import (
     file_entries,
     package_name,
 )
-from contract_extracts.delivery.recipients import load_identities, new_identity_file, recipient_fingerprint
-from contract_extracts.delivery.signing import fingerprint, load_signing_key, new_signing_key
+from delivery.recipients import load_identities, new_identity_file, recipient_fingerprint
+from delivery.signing import fingerprint, load_signing_key, new_signing_key
 
 CONTRACT = "C-DEMO-001"
 DELIVERY = "20261125T020000Z-1a2b3c4d"

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract_extracts.cli import main as cli_main
-from contract_extracts.cli.delivery import register
-from contract_extracts.contracts.delivery import Recipient
-from contract_extracts.core.errors import ConfigError, KeyError_, VerificationError
-from contract_extracts.delivery.openpgp import encrypt_openpgp
-from contract_extracts.delivery.package import (
+from cli import main as cli_main
+from cli.delivery import register
+from contracts.delivery import Recipient
+from core.errors import ConfigError, KeyError_, VerificationError
+from delivery.openpgp import encrypt_openpgp
+from delivery.package import (
     PACKAGE_FORMAT,
     PackageFile,
     build_package,
@@ -28,15 +28,15 @@ from contract_extracts.delivery.package import (
     manifest_bytes,
     package_name,
 )
-from contract_extracts.delivery.recipients import load_identities, manifest_recipients
-from contract_extracts.delivery.signing import (
+from delivery.recipients import load_identities, manifest_recipients
+from delivery.signing import (
     load_public_key,
     load_signing_key,
     ssh_allowed_signers_line,
     ssh_sign,
     ssh_verify,
 )
-from contract_extracts.delivery.verify import decrypt_package, verify_package
+from delivery.verify import decrypt_package, verify_package
 
 from .conftest import CONTRACT, CREATED_EPOCH, DELIVERY, Keys, regular
 from .keyhelpers import OpenPGPRecipient, gpg_decrypt, make_openpgp_recipient, make_ssh_key, stop_gpg_agent
@@ -315,7 +315,7 @@ def test_cli_verify_and_sender_key(tmp_path: Path, keys: Keys, capsys: pytest.Ca
 
 def test_cli_main_reports_a_bad_package(tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import contract_extracts.cli as cli
+    import cli as cli
 
     monkeypatch.setattr(cli, "_AREA_MODULES", (*cli._AREA_MODULES, "delivery")
                         if "delivery" not in cli._AREA_MODULES else cli._AREA_MODULES)

@@ -10,8 +10,8 @@ import pyrage
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from contract_extracts.core.errors import KeyError_
-from contract_extracts.delivery.package import (
+from core.errors import KeyError_
+from delivery.package import (
     PACKAGE_FORMAT,
     PackageFile,
     build_package,
@@ -20,8 +20,8 @@ from contract_extracts.delivery.package import (
     package_name,
     sha256_file,
 )
-from contract_extracts.delivery.recipients import load_identities, new_identity_file
-from contract_extracts.delivery.signing import load_signing_key
+from delivery.recipients import load_identities, new_identity_file
+from delivery.signing import load_signing_key
 
 from .conftest import CONTRACT, CREATED_EPOCH, DELIVERY, Keys, Sent, build_demo_package, read_members
 

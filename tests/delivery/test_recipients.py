@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contract_extracts.contracts.delivery import Delivery, Recipient
-from contract_extracts.contracts.loading import canonical_form, contract_from_mapping, load_contract
-from contract_extracts.core.errors import ConfigError, ContractError
-from contract_extracts.delivery.recipients import (
+from contracts.delivery import Delivery, Recipient
+from contracts.loading import canonical_form, contract_from_mapping, load_contract
+from core.errors import ConfigError, ContractError
+from delivery.recipients import (
     fingerprint_of,
     new_identity_file,
     package_format,

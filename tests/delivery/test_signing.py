@@ -13,14 +13,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from contract_extracts.core.errors import KeyError_, VerificationError
-from contract_extracts.delivery.recipients import (
+from core.errors import KeyError_, VerificationError
+from delivery.recipients import (
     load_identities,
     new_identity_file,
     parse_recipients,
     recipient_fingerprint,
 )
-from contract_extracts.delivery.signing import (
+from delivery.signing import (
     SIGNING_KEY_FILE_ENV,
     fingerprint,
     load_public_key,

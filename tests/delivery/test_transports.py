@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.core.errors import ConfigError, DeliveryError
-from contract_extracts.delivery.transports import deliver_local
+from core.errors import ConfigError, DeliveryError
+from delivery.transports import deliver_local
 
 NAME = "C-DEMO-001_20261125T020000Z-1a2b3c4d.tar.age"
 

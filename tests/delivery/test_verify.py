@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.core.errors import VerificationError
-from contract_extracts.delivery.package import manifest_bytes
-from contract_extracts.delivery.recipients import new_identity_file
-from contract_extracts.delivery.signing import new_signing_key
-from contract_extracts.delivery.verify import decrypt_package
+from core.errors import VerificationError
+from delivery.package import manifest_bytes
+from delivery.recipients import new_identity_file
+from delivery.signing import new_signing_key
+from delivery.verify import decrypt_package
 
 from .conftest import Sent, read_members, regular, write_forged
 

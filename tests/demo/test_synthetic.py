@@ -1,4 +1,4 @@
-"""Tests for the deterministic synthetic demo source (contract_extracts.demo.synthetic)."""
+"""Tests for the deterministic synthetic demo source (demo.synthetic)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 
-from contract_extracts.demo import synthetic as syn
+from demo import synthetic as syn
 
 SMALL = 2_000
 # Crosses several internal generation blocks, so block boundaries are exercised too.
@@ -99,7 +99,7 @@ def test_byte_identical_regardless_of_batch_rows(generator, schema) -> None:
 _DIGEST_SNIPPET = """
 import hashlib, io, sys
 import pyarrow as pa
-from contract_extracts.demo import synthetic as syn
+from demo import synthetic as syn
 
 h = hashlib.sha256()
 for gen, schema in ((syn.claimant_batches, syn.CLAIMANTS_SCHEMA), (syn.payment_batches, syn.PAYMENTS_SCHEMA)):
@@ -292,7 +292,7 @@ def test_zero_people_and_argument_checks() -> None:
 
 def test_module_does_not_import_airflow() -> None:
     code = (
-        "import sys, contract_extracts.demo.synthetic; "
+        "import sys, demo.synthetic; "
         "assert not [m for m in sys.modules if m.split('.')[0] == 'airflow'], 'airflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -27,9 +27,9 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.pool import NullPool
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.demo.runner import ensure_keys, render_demo_contracts
-from contract_extracts.demo.synthetic import write_demo_source
+from audit.ledger import Ledger
+from demo.runner import ensure_keys, render_demo_contracts
+from demo.synthetic import write_demo_source
 from tests.conftest import PG_ADMIN, REPO
 from tests.ui import servers
 
@@ -51,7 +51,7 @@ def _free_redis_db(client_for) -> int:
 
 @pytest.fixture
 def celery_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from contract_extracts.authorisation.testing import approve_for_tests
+    from authorisation.testing import approve_for_tests
 
     started = time.monotonic()
     home = tmp_path / "state"

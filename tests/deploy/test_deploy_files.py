@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,9 @@ def test_dockerignore_lets_only_the_project_into_the_build_context() -> None:
     rules = [r for r in _text(".dockerignore").splitlines() if r and not r.startswith("#")]
     assert rules[0] == "*"
     allowed = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "src", "dags", "plugins"}
+    packages = tomllib.loads(_text("pyproject.toml"))["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    top_level = {p for p in packages if "/" not in p} | {p.split("/")[0] for p in packages}
+    assert allowed == {"pyproject.toml", "constraints.txt", "README.md", "dags", "plugins"} | top_level
 
 
 def test_compose_file_is_a_celery_setup_without_secrets() -> None:

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from contract_extracts.contracts import load_contract
-from contract_extracts.contracts.disclosure import (
+from contracts import load_contract
+from contracts.disclosure import (
     Aggregate,
     BandHierarchy,
     Disclosure,
@@ -17,8 +17,8 @@ from contract_extracts.contracts.disclosure import (
     disclosure_problems,
     measure_kind,
 )
-from contract_extracts.core.errors import ContractError
-from contract_extracts.disclosure.assess import check_contract
+from core.errors import ContractError
+from disclosure.assess import check_contract
 
 REPO = Path(__file__).resolve().parents[2]
 

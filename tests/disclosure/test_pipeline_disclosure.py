@@ -22,18 +22,18 @@ import yaml
 from pydantic import model_serializer, model_validator
 from sqlalchemy.engine import make_url
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.authorisation.testing import approve_for_tests
-from contract_extracts.contracts.disclosure import Aggregate, check_disclosure
-from contract_extracts.contracts.model import Contract
-from contract_extracts.core.errors import ValidationFailed
-from contract_extracts.core.settings import load_settings
-from contract_extracts.delivery.verify import decrypt_package
-from contract_extracts.demo.synthetic import write_demo_source
-from contract_extracts.disclosure.report import codebook_lines, column_notes
-from contract_extracts.disclosure.risk import build_classes, measure
-from contract_extracts.disclosure.treatment import DisclosureBlocked
-from contract_extracts.pipeline.stages import STAGES, Pipeline, RunContext
+from audit.ledger import Ledger
+from authorisation.testing import approve_for_tests
+from contracts.disclosure import Aggregate, check_disclosure
+from contracts.model import Contract
+from core.errors import ValidationFailed
+from core.settings import load_settings
+from delivery.verify import decrypt_package
+from demo.synthetic import write_demo_source
+from disclosure.report import codebook_lines, column_notes
+from disclosure.risk import build_classes, measure
+from disclosure.treatment import DisclosureBlocked
+from pipeline.stages import STAGES, Pipeline, RunContext
 from tests.conftest import Workspace
 
 PEOPLE = 1500
@@ -199,7 +199,7 @@ class ContractWithOutputs(Contract):
 @pytest.fixture
 def outputs_model(monkeypatch: pytest.MonkeyPatch) -> None:
     if "aggregates" not in Contract.model_fields:
-        monkeypatch.setattr("contract_extracts.contracts.loading.Contract", ContractWithOutputs)
+        monkeypatch.setattr("contracts.loading.Contract", ContractWithOutputs)
 
 
 def test_aggregates_only(workspace: Workspace, source: str, outputs_model: None) -> None:

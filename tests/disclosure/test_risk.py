@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.disclosure.risk import build_classes, measure, population_estimates
+from disclosure.risk import build_classes, measure, population_estimates
 from tests.disclosure.helpers import brute_force, write
 
 ROWS = st.lists(st.tuples(st.sampled_from([None, 1970, 1971, 1980]),

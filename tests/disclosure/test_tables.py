@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.contracts.disclosure import Aggregate
-from contract_extracts.core.errors import ContractError
-from contract_extracts.disclosure.tables import build_table, recoverable, recoverable_in_table, round_to_base
+from contracts.disclosure import Aggregate
+from core.errors import ContractError
+from disclosure.tables import build_table, recoverable, recoverable_in_table, round_to_base
 from tests.disclosure.helpers import write
 
 

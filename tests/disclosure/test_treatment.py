@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.contracts.disclosure import BandHierarchy, MapHierarchy
-from contract_extracts.core.errors import ContractError, DataError
-from contract_extracts.disclosure.risk import build_classes, measure
-from contract_extracts.disclosure.treatment import apply_plan, generalise, plan_treatment, suppress
+from contracts.disclosure import BandHierarchy, MapHierarchy
+from core.errors import ContractError, DataError
+from disclosure.risk import build_classes, measure
+from disclosure.treatment import apply_plan, generalise, plan_treatment, suppress
 from tests.disclosure.helpers import brute_force, write
 
 

@@ -190,8 +190,8 @@ def run_failing_demo_002(home: Path, config_dir: Path, change, *, approve: bool)
 
     Returns the contract's `blocked` ledger records as JSON lines.
     """
-    from contract_extracts.audit.ledger import Ledger
-    from contract_extracts.demo.runner import airflow_environment, approve_demo_contracts
+    from audit.ledger import Ledger
+    from demo.runner import airflow_environment, approve_demo_contracts
 
     (config_dir / "contracts").mkdir(parents=True)
     shutil.copy(home / "demo" / "configs" / "approvers.yaml", config_dir / "approvers.yaml")
@@ -237,9 +237,9 @@ def test_dag_run_with_a_column_missing_from_the_source_is_blocked(demo_runs, tmp
 @pytest.mark.integration
 def test_partitioned_delivery_from_postgresql_through_airflow(demo_runs, tmp_path: Path) -> None:
     """Mapped partition tasks read one exported snapshot, held by a process that outlives the plan task."""
-    from contract_extracts.audit.ledger import Ledger
-    from contract_extracts.demo.runner import airflow_environment, approve_demo_contracts
-    from contract_extracts.demo.synthetic import write_demo_source
+    from audit.ledger import Ledger
+    from demo.runner import airflow_environment, approve_demo_contracts
+    from demo.synthetic import write_demo_source
     from tests.conftest import airflow_uri, temporary_database
 
     home, *_ = demo_runs

@@ -8,7 +8,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.extract.postgres import csv_pieces
+from extract.postgres import csv_pieces
 
 FIELDS = st.one_of(st.none(), st.text(alphabet=st.sampled_from(['a', '"', "\n", "\r", ",", "é", "x", " "]),
                                       max_size=12))

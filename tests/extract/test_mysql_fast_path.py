@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as mysql_types
 
-from contract_extracts.contracts.model import Contract
-from contract_extracts.core.errors import SourceError
-from contract_extracts.extract import mysql
-from contract_extracts.extract.partitioning import plan_ranges, range_clause, snapshot_connection
-from contract_extracts.extract.sources import DatasetQuery, SourceColumn, plan_query, reflect_table, stream_batches
+from contracts.model import Contract
+from core.errors import SourceError
+from extract import mysql
+from extract.partitioning import plan_ranges, range_clause, snapshot_connection
+from extract.sources import DatasetQuery, SourceColumn, plan_query, reflect_table, stream_batches
 from tests.conftest import temporary_database
 from tests.extract.test_sources import nasty_table, rows
 

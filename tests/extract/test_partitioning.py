@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from contract_extracts.contracts.model import Contract
-from contract_extracts.core.errors import SourceError
-from contract_extracts.extract.partitioning import (
+from contracts.model import Contract
+from core.errors import SourceError
+from extract.partitioning import (
     PartitionRange,
     estimated_rows,
     exported_snapshot,
@@ -21,7 +21,7 @@ from contract_extracts.extract.partitioning import (
     range_clause,
     snapshot_connection,
 )
-from contract_extracts.extract.sources import plan_query, reflect_table, stream_batches
+from extract.sources import plan_query, reflect_table, stream_batches
 from tests.conftest import temporary_database
 
 pytestmark = pytest.mark.integration
@@ -155,8 +155,8 @@ def test_detached_holder_keeps_the_snapshot_until_the_ledger_releases_it(tmp_pat
     import os
     import signal
 
-    from contract_extracts.audit.ledger import Ledger
-    from contract_extracts.extract import snapshot_holder
+    from audit.ledger import Ledger
+    from extract import snapshot_holder
 
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     with temporary_database("postgresql") as url:
@@ -188,7 +188,7 @@ def test_detached_holder_keeps_the_snapshot_until_the_ledger_releases_it(tmp_pat
 
 
 def test_holder_gives_up_after_its_maximum_lifetime(tmp_path) -> None:
-    from contract_extracts.extract import snapshot_holder
+    from extract import snapshot_holder
 
     with temporary_database("postgresql") as url:
         engine = sa.create_engine(url)

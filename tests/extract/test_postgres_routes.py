@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from contract_extracts.core.errors import SourceError
-from contract_extracts.extract import postgres
+from core.errors import SourceError
+from extract import postgres
 from tests.conftest import temporary_database
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from contract_extracts.contracts.model import Contract
-from contract_extracts.extract import postgres
-from contract_extracts.extract.sources import plan_query, reflect_table, stream_batches
+from contracts.model import Contract
+from extract import postgres
+from extract.sources import plan_query, reflect_table, stream_batches
 from tests.conftest import temporary_database
 
 pytestmark = pytest.mark.integration

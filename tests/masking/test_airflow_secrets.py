@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from contract_extracts.airflow_glue.secrets import (
+from airflow_glue.secrets import (
     CONNECTION_ENV,
     DEFAULT_VARIABLE,
     VARIABLE_ENV,
@@ -19,8 +19,8 @@ from contract_extracts.airflow_glue.secrets import (
     airflow_key_source,
     configured_key_source,
 )
-from contract_extracts.core.errors import KeyError_
-from contract_extracts.masking.keys import (
+from core.errors import KeyError_
+from masking.keys import (
     CURRENT_KEY_ID_ENV,
     MASTER_KEY_ENV,
     MASTER_KEY_FILE_ENV,
@@ -125,7 +125,7 @@ def test_keys_are_masked_before_the_keyring_is_handed_out() -> None:
 def test_the_airflow_secret_masker_redacts_the_key(tmp_path: Path) -> None:
     from airflow.sdk.log import mask_secret  # noqa: F401 - the Airflow 3.3 SDK location used by secrets.py
 
-    from contract_extracts.airflow_glue import secrets
+    from airflow_glue import secrets
 
     secrets._mask(KEY_A)
     from airflow.sdk._shared.secrets_masker import redact
@@ -150,14 +150,14 @@ def test_task_source_primes_and_masks_at_start(tmp_path: Path, monkeypatch: pyte
     path.write_text(KEY_A)
     os.chmod(path, 0o600)
     masked: list[str] = []
-    monkeypatch.setattr("contract_extracts.airflow_glue.secrets._mask", masked.append)
+    monkeypatch.setattr("airflow_glue.secrets._mask", masked.append)
     source = airflow_key_source({MASTER_KEY_FILE_ENV: str(path)})
     assert masked == [KEY_A]  # before any stage ran
     assert source.load().current.secret == bytes.fromhex(KEY_A)
 
 
 def test_task_source_failure_is_raised_when_a_key_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("contract_extracts.airflow_glue.secrets._variable_get", variables({}))
+    monkeypatch.setattr("airflow_glue.secrets._variable_get", variables({}))
     source = airflow_key_source({})  # priming swallows the error; cleanup tasks need no key
     with pytest.raises(KeyError_, match="is not defined"):
         source.load()

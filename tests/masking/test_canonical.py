@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.masking.canonical import canonicalise
+from masking.canonical import canonicalise
 
 CASES = {
     "nino-spaced-lower": ("nino", ["ab 12 34 56 c"], ["AB123456C"]),
@@ -95,7 +95,7 @@ def test_integer_text_and_int_agree(n: int, zeros: int, left: str, right: str) -
 
 
 def test_integer_canonicaliser_refuses_non_numeric_text_without_showing_it() -> None:
-    from contract_extracts.core.errors import DataError
+    from core.errors import DataError
 
     with pytest.raises(DataError) as excinfo:
         canonicalise(pa.array(["42", "AB123456C", "7x"]), "integer")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.cli import keys as keys_cli
-from contract_extracts.cli import main
+from cli import keys as keys_cli
+from cli import main
 
 
 def run(argv: list[str]) -> int:

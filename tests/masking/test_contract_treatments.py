@@ -15,10 +15,10 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 
-from contract_extracts.contracts.loading import contract_from_mapping, parse_yaml
-from contract_extracts.contracts.treatments import looks_like_free_text, treatment_problems
-from contract_extracts.core.errors import ContractError
-from contract_extracts.masking.treatments import check_contract, plan_contract
+from contracts.loading import contract_from_mapping, parse_yaml
+from contracts.treatments import looks_like_free_text, treatment_problems
+from core.errors import ContractError
+from masking.treatments import check_contract, plan_contract
 from tests.conftest import REPO
 
 FILE = "configs/contracts/C-DEMO-001.yaml"
@@ -186,7 +186,7 @@ SOURCE = {
 
 
 def test_the_model_validator_leaves_the_sample_to_the_extract() -> None:
-    from contract_extracts.contracts.treatments import Keep, check_treatments
+    from contracts.treatments import Keep, check_treatments
 
     contract = contract_from_mapping(demo(lambda d: d.update(sample={"fraction": 0.1})), FILE)
     check_treatments(contract)  # a sample may be written before its entity; the run refuses it
@@ -231,7 +231,7 @@ def test_wrong_type_is_refused_with_file_key_and_fix() -> None:
 
 
 def test_unset_new_options_leave_the_content_hash_of_older_contracts_alone() -> None:
-    from contract_extracts.contracts.treatments import Generalise, Keep, Pseudonymise, Sample
+    from contracts.treatments import Generalise, Keep, Pseudonymise, Sample
 
     # The canonical form (contracts.loading.content_hash) of treatments written before the options existed.
     assert Keep(treatment="keep").model_dump(mode="json") == {"treatment": "keep"}

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.core.errors import ConfigError, DataError
-from contract_extracts.masking.hashing import HASH_WORKERS_ENV, HashPool, default_workers, hmac_sha256_many
-from contract_extracts.masking.pseudonyms import pseudonymise_array
+from core.errors import ConfigError, DataError
+from masking.hashing import HASH_WORKERS_ENV, HashPool, default_workers, hmac_sha256_many
+from masking.pseudonyms import pseudonymise_array
 
 from .vectors import MASTER, expected_contract_key, expected_pseudonym
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.core.errors import ContractExtractsError, KeyError_
-from contract_extracts.masking.keys import (
+from core.errors import ContractExtractsError, KeyError_
+from masking.keys import (
     MASTER_KEY_ENV,
     MASTER_KEY_FILE_ENV,
     PURPOSES,
@@ -255,7 +255,7 @@ def test_new_master_keys_are_random(tmp_path: Path) -> None:
 
 # ---- keyrings, key sources, pinning ------------------------------------------------------------------
 
-from contract_extracts.masking.keys import (  # noqa: E402
+from masking.keys import (  # noqa: E402
     CURRENT_KEY_ID_ENV,
     EnvKeySource,
     FileKeySource,

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.core.settings import load_settings
-from contract_extracts.delivery.verify import decrypt_package
-from contract_extracts.demo.synthetic import write_demo_source
-from contract_extracts.pipeline.stages import Pipeline, RunContext
+from audit.ledger import Ledger
+from core.settings import load_settings
+from delivery.verify import decrypt_package
+from demo.synthetic import write_demo_source
+from pipeline.stages import Pipeline, RunContext
 from tests.conftest import Workspace, temporary_database
 
 from .vectors import expected_contract_key, expected_offset, expected_pseudonym, expected_sample
@@ -32,7 +32,7 @@ PEOPLE = 400
 
 
 def approve(workspace: Workspace, path: Path) -> None:
-    from contract_extracts.authorisation.testing import approve_for_tests
+    from authorisation.testing import approve_for_tests
 
     approve_for_tests(workspace.config_dir, workspace.home, [path])
 
@@ -231,8 +231,8 @@ def test_sampling_on_postgresql(workspace: Workspace, tmp_path: Path) -> None:
 
 def test_contract_pins_its_master_key_during_a_rotation(workspace: Workspace, sqlite_source: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from contract_extracts.contracts.model import Contract
-    from contract_extracts.masking.keys import key_id, new_master_key_file
+    from contracts.model import Contract
+    from masking.keys import key_id, new_master_key_file
 
     if "key_id" not in Contract.model_fields:
         pytest.skip("the contract model has no key_id field yet (diff in the issue report)")

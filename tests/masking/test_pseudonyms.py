@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.masking.keys import derive_key
-from contract_extracts.masking.pseudonyms import PrekeyedHmacSha256, entity_prefix, pseudonymise_array
+from masking.keys import derive_key
+from masking.pseudonyms import PrekeyedHmacSha256, entity_prefix, pseudonymise_array
 
 from .vectors import MASTER, expected_contract_key, expected_pseudonym
 

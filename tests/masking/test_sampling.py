@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.masking.sampling import TWO_64, SampleDraw, fraction_cut, keep_mask, ranks
+from masking.sampling import TWO_64, SampleDraw, fraction_cut, keep_mask, ranks
 
 from .vectors import MASTER, expected_contract_key, expected_rank, expected_sample
 

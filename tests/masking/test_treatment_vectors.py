@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.contracts.treatments import (
+from contracts.treatments import (
     BottomCode,
     DateShift,
     Generalise,
@@ -26,9 +26,9 @@ from contract_extracts.contracts.treatments import (
     TopCode,
     Unmasked,
 )
-from contract_extracts.core.errors import DataError
-from contract_extracts.masking.keys import ContractKeys, MasterKey
-from contract_extracts.masking.treatments import describe, mask_batch, plan_column
+from core.errors import DataError
+from masking.keys import ContractKeys, MasterKey
+from masking.treatments import describe, mask_batch, plan_column
 
 from .vectors import MASTER, expected_contract_key, expected_offset, expected_pseudonym
 

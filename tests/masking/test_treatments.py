@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from contract_extracts.contracts.treatments import (
+from contracts.treatments import (
     BottomCode,
     DateShift,
     Generalise,
@@ -18,9 +18,9 @@ from contract_extracts.contracts.treatments import (
     TopCode,
     Unmasked,
 )
-from contract_extracts.core.errors import ContractError
-from contract_extracts.masking.keys import ContractKeys, MasterKey
-from contract_extracts.masking.treatments import describe, mask_batch, output_schema, plan_column
+from core.errors import ContractError
+from masking.keys import ContractKeys, MasterKey
+from masking.treatments import describe, mask_batch, output_schema, plan_column
 
 from .vectors import MASTER, expected_contract_key, expected_pseudonym
 

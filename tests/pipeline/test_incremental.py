@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.core.errors import SourceError
-from contract_extracts.pipeline.incremental import (
+from audit.ledger import Ledger
+from core.errors import SourceError
+from pipeline.incremental import (
     Window,
     current_upper,
     decode_mark,

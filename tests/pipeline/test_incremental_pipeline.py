@@ -15,12 +15,12 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from contract_extracts.authorisation.testing import approve_for_tests
-from contract_extracts.core.errors import AuthorisationError
-from contract_extracts.core.settings import load_settings
-from contract_extracts.delivery.verify import decrypt_package
-from contract_extracts.demo.synthetic import write_demo_source
-from contract_extracts.pipeline.stages import Pipeline, RunContext
+from authorisation.testing import approve_for_tests
+from core.errors import AuthorisationError
+from core.settings import load_settings
+from delivery.verify import decrypt_package
+from demo.synthetic import write_demo_source
+from pipeline.stages import Pipeline, RunContext
 from tests.conftest import Workspace, temporary_database
 
 CONTRACT = "C-DEMO-002"

@@ -16,11 +16,11 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from contract_extracts.authorisation.testing import approve_for_tests
-from contract_extracts.core.settings import load_settings
-from contract_extracts.delivery.verify import decrypt_package
-from contract_extracts.demo.synthetic import write_demo_source
-from contract_extracts.pipeline.stages import Pipeline, RunContext
+from authorisation.testing import approve_for_tests
+from core.settings import load_settings
+from delivery.verify import decrypt_package
+from demo.synthetic import write_demo_source
+from pipeline.stages import Pipeline, RunContext
 from tests.conftest import Workspace, temporary_database
 
 CONTRACT = "C-DEMO-001"
@@ -138,7 +138,7 @@ def test_an_unpartitioned_run_reads_every_dataset_from_one_snapshot(workspace: W
                                                                     monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """Writes committed between reading two datasets reach neither (PostgreSQL: one exported snapshot;
     MariaDB: one consistent-snapshot transaction reading the datasets in turn)."""
-    from contract_extracts.masking import engine as masking_engine
+    from masking import engine as masking_engine
 
     with temporary_database(kind) as url:
         write_demo_source(url, n_people=500)

@@ -19,19 +19,19 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.authorisation.testing import approve_for_tests
-from contract_extracts.contracts import load_contract
-from contract_extracts.core.errors import (
+from audit.ledger import Ledger
+from authorisation.testing import approve_for_tests
+from contracts import load_contract
+from core.errors import (
     AuthorisationError,
     ContractError,
     SourceError,
     ValidationFailed,
 )
-from contract_extracts.core.settings import load_settings
-from contract_extracts.delivery.verify import decrypt_package
-from contract_extracts.demo.synthetic import write_demo_source
-from contract_extracts.pipeline.stages import Pipeline, RunContext
+from core.settings import load_settings
+from delivery.verify import decrypt_package
+from demo.synthetic import write_demo_source
+from pipeline.stages import Pipeline, RunContext
 from tests.conftest import Workspace, temporary_database
 
 PEOPLE = 400

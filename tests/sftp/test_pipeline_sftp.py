@@ -14,13 +14,13 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.core.errors import ConfigError, DeliveryError
-from contract_extracts.core.settings import load_settings
-from contract_extracts.delivery.sftp import HostKeyRejected, RetryPolicy
-from contract_extracts.delivery.verify import verify_package
-from contract_extracts.demo.synthetic import write_demo_source
-from contract_extracts.pipeline.stages import STAGES, Pipeline, RunContext
+from audit.ledger import Ledger
+from core.errors import ConfigError, DeliveryError
+from core.settings import load_settings
+from delivery.sftp import HostKeyRejected, RetryPolicy
+from delivery.verify import verify_package
+from demo.synthetic import write_demo_source
+from pipeline.stages import STAGES, Pipeline, RunContext
 from tests.conftest import Workspace
 from tests.delivery.keyhelpers import gpg_decrypt, make_openpgp_recipient, make_ssh_key, stop_gpg_agent
 
@@ -53,7 +53,7 @@ def use_sftp(workspace: Workspace, recipients: list[dict] | None = None, path: s
 
 
 def pipeline(workspace: Workspace, source: str, run_key: str | None = None, **overrides) -> Pipeline:
-    from contract_extracts.authorisation.testing import approve_for_tests
+    from authorisation.testing import approve_for_tests
 
     # The authorise gate runs only signed approvals of the current content: approve what the test runs.
     approve_for_tests(workspace.config_dir, workspace.home, [workspace.contracts_dir / f"{CONTRACT}.yaml"])
@@ -197,7 +197,7 @@ def test_refusals_are_blocked_with_a_clear_reason(workspace: Workspace, source: 
 
 def test_recipients_come_from_the_contract_only(workspace: Workspace, source: str, sshd: SSHServer, inbound: Path,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from contract_extracts.delivery.recipients import new_identity_file
+    from delivery.recipients import new_identity_file
 
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", sshd.connection_json())
     intruder = new_identity_file(tmp_path / "intruder.txt")

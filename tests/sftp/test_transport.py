@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.core.errors import ConfigError
-from contract_extracts.delivery.sftp import (
+from core.errors import ConfigError
+from delivery.sftp import (
     AuthenticationFailed,
     HostKeyRejected,
     PackageConflict,
@@ -85,7 +85,7 @@ def test_host_key_matches_ssh_keygen_fingerprint(sshd: SSHServer, inbound: Path)
     try:
         printed = subprocess.run(["ssh-keygen", "-lf", str(sshd.host_key_file) + ".pub"], capture_output=True,
                                  text=True, check=True).stdout.split()[1]
-        from contract_extracts.delivery.sftp import key_fingerprint
+        from delivery.sftp import key_fingerprint
 
         assert key_fingerprint(session.host_key) == printed
     finally:
@@ -222,7 +222,7 @@ def test_dropped_connection_mid_upload_is_retried(sshd: SSHServer, inbound: Path
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from contract_extracts.delivery.sftp import deliver_sftp, env_sftp_endpoint
+    from delivery.sftp import deliver_sftp, env_sftp_endpoint
     package, sha, limit = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     def kill(session, sent):
         if sent >= limit:
@@ -292,7 +292,7 @@ def test_uri_form_and_password_are_read(sshd: SSHServer) -> None:
 
 
 def test_airflow_resolver_reads_the_same_connection(sshd: SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from contract_extracts.airflow_glue.transports import airflow_sftp_endpoint
+    from airflow_glue.transports import airflow_sftp_endpoint
 
     monkeypatch.setenv("AIRFLOW_CONN_ACME_SFTP", sshd.connection_json())
     ours, theirs = endpoint(sshd), airflow_sftp_endpoint("acme_sftp")

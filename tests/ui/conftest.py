@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.authorisation.testing import approve_for_tests
-from contract_extracts.contracts import content_hash, load_contract
-from contract_extracts.core.settings import load_settings
+from audit.ledger import Ledger
+from authorisation.testing import approve_for_tests
+from contracts import content_hash, load_contract
+from core.settings import load_settings
 from tests.conftest import Workspace
 
 SHA = "ab" * 32

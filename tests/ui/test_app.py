@@ -10,8 +10,8 @@ from airflow.api_fastapi.core_api.security import get_user
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from contract_extracts.airflow_glue import overview as ov
-from contract_extracts.airflow_glue.ui import URL_PREFIX, create_app
+from airflow_glue import overview as ov
+from airflow_glue.ui import URL_PREFIX, create_app
 from tests.conftest import REPO
 from tests.ui.conftest import SHA, UiWorld
 

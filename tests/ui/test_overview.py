@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from contract_extracts.airflow_glue import overview as ov
-from contract_extracts.audit.ledger import Ledger, LedgerRecord
-from contract_extracts.contracts import load_contract
-from contract_extracts.core.settings import load_settings
+from airflow_glue import overview as ov
+from audit.ledger import Ledger, LedgerRecord
+from contracts import load_contract
+from core.settings import load_settings
 from tests.ui.conftest import SHA, UiWorld
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.audit.ledger import Ledger
-from contract_extracts.demo.runner import airflow_environment
+from audit.ledger import Ledger
+from demo.runner import airflow_environment
 from tests.conftest import REPO
 from tests.ui import servers
 

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract_extracts.core.errors import ConfigError, StageFailed, ValidationFailed
-from contract_extracts.validation import (
+from core.errors import ConfigError, StageFailed, ValidationFailed
+from validation import (
     PSEUDONYM_REGEX,
     ColumnRule,
     DatasetRules,
@@ -25,7 +25,7 @@ from contract_extracts.validation import (
     build_suite,
     validate_parquet,
 )
-from contract_extracts.validation.gate import (
+from validation.gate import (
     COLUMNS_MATCH_ORDERED_LIST,
     OBSERVED_COLUMN_MISSING,
     ROW_COUNT_BETWEEN,
@@ -185,7 +185,7 @@ def test_row_count_outside_bounds(tmp_path: Path, rows: int, min_rows: int, max_
 
 def test_row_count_decision_matches_a_full_gx_validation(tmp_path: Path) -> None:
     """The footer row count goes through the expectation's own decision: pin it to GX's full path."""
-    from contract_extracts.validation.gate import _GxRunner, _import_gx
+    from validation.gate import _GxRunner, _import_gx
 
     gx = _import_gx()
     runner = _GxRunner(gx)  # a plain GX ephemeral context, progress bars off
@@ -343,7 +343,7 @@ def test_rules_are_checked() -> None:
 def test_import_is_lazy_quiet_and_airflow_free() -> None:
     code = textwrap.dedent("""
         import logging, os, sys
-        import contract_extracts.validation as v
+        import validation as v
         assert "great_expectations" not in sys.modules, "GX imported at module import time"
         v.build_suite(v.DatasetRules("d", (v.ColumnRule("a", pseudonym=True),)))
         assert "great_expectations" in sys.modules

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract_extracts.validation import gate, leakage, metrics
-from contract_extracts.validation.gate import (
+from validation import gate, leakage, metrics
+from validation.gate import (
     MULTIPLES_OF,
     NOT_SOURCE_IDENTIFIER,
     OBSERVED_EVALUATION_ERROR,
@@ -31,7 +31,7 @@ from contract_extracts.validation.gate import (
     duplicate_rows,
     validate_parquet,
 )
-from contract_extracts.validation.leakage import IdentifierSample
+from validation.leakage import IdentifierSample
 
 SECRET = "AB123456C"
 ROWS = 5_000  # more than the head slice GX re-validates

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.validation import leakage
-from contract_extracts.validation.gate import NOT_SOURCE_IDENTIFIER, ColumnRule, DatasetRules, validate_parquet
-from contract_extracts.validation.leakage import IdentifierSample, leak_canonical
-from contract_extracts.validation.release import DeliveryRules, validate_delivery
+from validation import leakage
+from validation.gate import NOT_SOURCE_IDENTIFIER, ColumnRule, DatasetRules, validate_parquet
+from validation.leakage import IdentifierSample, leak_canonical
+from validation.release import DeliveryRules, validate_delivery
 
 SECRET = "AB123456C"
 IDENTIFIERS = [f"AB{100000 + i}C" for i in range(50)] + [" ab 12 34 56 c ", "7", "42", "1234567", "12345678", None]

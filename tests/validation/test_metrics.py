@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from contract_extracts.validation import gate, leakage
-from contract_extracts.validation.gate import PSEUDONYM_REGEX, ColumnRule, DatasetRules, Domain
-from contract_extracts.validation.leakage import IdentifierSample
-from contract_extracts.validation.metrics import Counts, column_metric, python_regex_to_re2
+from validation import gate, leakage
+from validation.gate import PSEUDONYM_REGEX, ColumnRule, DatasetRules, Domain
+from validation.leakage import IdentifierSample
+from validation.metrics import Counts, column_metric, python_regex_to_re2
 
 # The regex domains rules.py produces, plus the pseudonym format.
 RULE_REGEXES = {

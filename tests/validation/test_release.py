@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contract_extracts.contracts.disclosure import Aggregate
-from contract_extracts.disclosure.tables import build_table, write_table
-from contract_extracts.validation import gate
-from contract_extracts.validation.docs import render_report, report_dir
-from contract_extracts.validation.gate import (
+from contracts.disclosure import Aggregate
+from disclosure.tables import build_table, write_table
+from validation import gate
+from validation.docs import render_report, report_dir
+from validation.gate import (
     ARROW_TYPES,
     CELLS_NOT_RECOVERABLE,
     DISCLOSURE_THRESHOLD,
@@ -34,7 +34,7 @@ from contract_extracts.validation.gate import (
     missing_references,
     validate_parquet,
 )
-from contract_extracts.validation.release import (
+from validation.release import (
     DELIVERY,
     DeliveryRules,
     DisclosureCheck,
@@ -175,7 +175,7 @@ def test_sample_matches_the_contract(tmp_path: Path, check: SampleCheck, success
 
 
 def test_the_operator_report_holds_no_values(tmp_path: Path) -> None:
-    from contract_extracts.validation.leakage import IdentifierSample
+    from validation.leakage import IdentifierSample
 
     data = {"person": [pseudonym(i) for i in range(20)], "region": ["north"] * 20, "year": [1970] * 20}
     data["person"][3] = SECRET  # bad pseudonym

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from contract_extracts.contracts import load_contract
-from contract_extracts.contracts.disclosure import Disclosure
-from contract_extracts.contracts.treatments import Generalise, Keep, Round, TopCode
-from contract_extracts.validation.gate import Domain
-from contract_extracts.validation.rules import delivery_rules, source_unique_columns, treatment_domains
+from contracts import load_contract
+from contracts.disclosure import Disclosure
+from contracts.treatments import Generalise, Keep, Round, TopCode
+from validation.gate import Domain
+from validation.rules import delivery_rules, source_unique_columns, treatment_domains
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,235 @@
+"""Load contract files: strict YAML, strict model, errors that name the file, the key and the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from contracts.model import Contract
+from contracts.treatments import TREATMENT_NAMES
+from core.errors import ConfigError, ContractError
+
+MAX_CONTRACT_BYTES = 1 << 20
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, file: str) -> Any:
+    """Parse YAML safely: no anchors/aliases (no expansion bombs), no duplicate keys."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise ContractError("YAML aliases (*name) are not allowed in contracts",
+                                    file=file, key=f"line {mark.line + 1}",
+                                    fix="write the value out in full")
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader derives from SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ContractError(f"YAML syntax error: {problem}", file=file, key=where,
+                            fix="correct the YAML at that position") from None
+
+
+def read_yaml_file(path: Path, *, kind: str, error: type[ConfigError] = ContractError) -> Any:
+    """Read a short configuration file (at most 1 MiB of UTF-8) and parse it with ``parse_yaml``.
+
+    ``kind`` names the file for the fix ("a contract", "a registry"); errors are ``error``s naming the file.
+    """
+    file = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read the file ({exc.strerror})", file=file,
+                    fix="check the path and permissions") from None
+    if len(raw) > MAX_CONTRACT_BYTES:
+        raise error("file is larger than 1 MiB", file=file, fix=f"{kind} is a short YAML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error("file is not UTF-8 text", file=file, fix="save it as UTF-8") from None
+    return parse_yaml(text, file)
+
+
+def load_contract(path: Path | str) -> Contract:
+    """Read and validate one contract file. Raises ContractError naming file, key and fix."""
+    path = Path(path)
+    file = str(path)
+    data = read_yaml_file(path, kind="a contract")
+    if not isinstance(data, dict):
+        raise ContractError("the file must hold a YAML mapping (key: value lines)", file=file,
+                            fix="start with 'contract: <id>' and the other keys of a contract")
+    contract = contract_from_mapping(data, file)
+    if path.suffix not in (".yaml", ".yml") or path.stem != contract.contract:
+        raise ContractError(
+            f"file name does not match the contract id {contract.contract!r}", file=file, key="contract",
+            fix=f"rename the file to {contract.contract}.yaml or correct the id")
+    return contract
+
+
+def contract_from_mapping(data: dict, file: str) -> Contract:
+    try:
+        return Contract.model_validate(data)
+    except ValidationError as exc:
+        raise _translate(exc, file) from None
+
+
+def discover_contract_files(contracts_dir: Path) -> list[Path]:
+    """Contract files in sorted order (stable DAG order and approvals listing)."""
+    if not contracts_dir.is_dir():
+        return []
+    return sorted(p for p in contracts_dir.iterdir()
+                  if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith("."))
+
+
+def canonical_form(contract: Contract) -> dict:
+    """What an approval covers: every field's value, independent of YAML layout and comments.
+
+    Mappings are hashed with sorted keys, except the columns of a dataset: their order is the order of
+    delivery, so they become an ordered list.
+    """
+    data = contract.model_dump(mode="json", by_alias=True)
+    for dataset in data["datasets"]:
+        dataset["columns"] = [{"column": name, **spec} for name, spec in dataset["columns"].items()]
+    return data
+
+
+def content_hash(contract: Contract) -> str:
+    """SHA-256 of the canonical JSON of the contract, lowercase hex."""
+    text = json.dumps(canonical_form(contract), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---- error translation -------------------------------------------------------------------------
+
+def _translate(exc: ValidationError, file: str) -> ContractError:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    loc = list(err["loc"])
+    kind = err["type"]
+    # pydantic puts the discriminator tag in the location of tagged unions: drop it for readability.
+    cleaned: list[Any] = []
+    for i, part in enumerate(loc):
+        if i >= 2 and loc[i - 2] == "columns" and part in TREATMENT_NAMES:
+            continue
+        cleaned.append(part)
+    key = _format_loc(cleaned)
+    msg = err["msg"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        name = cleaned[-1] if cleaned else "?"
+        fix = "remove it or correct its spelling"
+        if allowed:
+            fix += f"; allowed keys here: {', '.join(allowed)}"
+        return ContractError(f"unknown key {name!r}", file=file, key=key, fix=fix)
+    if kind == "missing":
+        return ContractError("required key is missing", file=file, key=key, fix="add it")
+    if kind == "union_tag_invalid":
+        return ContractError("unknown treatment", file=file, key=key,
+                             fix=f"use one of: {', '.join(TREATMENT_NAMES)}")
+    if kind == "union_tag_not_found":
+        return ContractError("column has no treatment", file=file, key=key,
+                             fix=f"add 'treatment:' with one of {', '.join(TREATMENT_NAMES)}, or remove "
+                                 "the column to leave it out of the extract")
+    if kind == "string_pattern_mismatch":
+        return ContractError("value has characters or a shape that are not allowed here", file=file, key=key,
+                             fix=_pattern_hint(cleaned))
+    if kind.startswith("value_error") or kind == "assertion_error":
+        text = msg.removeprefix("Value error, ")
+        return ContractError(text, file=file, key=key or "(contract)", fix=_value_fix(text))
+    return ContractError(msg, file=file, key=key or "(contract)", fix="correct the value as described")
+
+
+def _format_loc(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pattern_hint(loc: list[Any]) -> str:
+    last = str(loc[-1]) if loc else ""
+    if last == "contract":
+        return "use upper-case letters, digits and '-', e.g. C-2026-017"
+    if last in ("name", "entity") or "columns" in loc or "filter" in loc:
+        return "use lower-case letters, digits and '_', starting with a letter (columns may use upper case)"
+    if last == "table":
+        return "use 'table' or 'schema.table' with letters, digits and '_'"
+    return "use plain letters, digits, '_', '-' or '.'"
+
+
+def _value_fix(text: str) -> str:
+    if "no treatment" in text:
+        return "see docs/contracts.md for the treatments"
+    return "see docs/contracts.md"
+
+
+def _allowed_keys(loc: list[Any]) -> list[str]:
+    """Walk the model along ``loc`` to list the keys allowed at that place (for the error's fix)."""
+    annotation: Any = Contract
+    try:
+        for part in loc:
+            annotation = _unwrap(annotation)
+            if isinstance(part, int):
+                annotation = typing.get_args(annotation)[0]
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                field = next(f for n, f in annotation.model_fields.items() if (f.alias or n) == part)
+                annotation = field.annotation
+            elif _is_union(annotation):
+                # A tagged union: pydantic's location names the member by its tag (the treatment).
+                annotation = next(m for m in typing.get_args(annotation) if _tag_of(m) == part)
+            else:
+                annotation = typing.get_args(annotation)[-1]  # dict value type
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [f.alias or n for n, f in annotation.model_fields.items()]
+    except (StopIteration, IndexError, TypeError):
+        return []
+    return []
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _tag_of(member: Any) -> str | None:
+    if isinstance(member, type) and issubclass(member, BaseModel) and "treatment" in member.model_fields:
+        args = typing.get_args(member.model_fields["treatment"].annotation)
+        return args[0] if args else None
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation

@@ -1,0 +1,168 @@
+"""Mask a contract's datasets from a source into staged Parquet: plan, draw the sample, write.
+
+Used by the pipeline's extract stage (``pipeline/stages.py``):
+
+1. ``plan_extract`` reflects every table and plans every column before anything is read, so a
+   treatment that does not fit the source (or breaks a contract-wide rule) fails before any data moves.
+2. ``draw_sample`` (only for a contract with ``sample:``) streams the sampling entity's column of every
+   dataset and decides the rank limit (``masking.sampling``): ranks only, memory bounded.
+3. ``write_masked`` streams every dataset once more, drops rows of entities outside the sample, masks
+   each record batch and appends it to the dataset's Parquet file.
+
+Memory is bounded by the record batch (and the bottom-k array of at most ``max_records`` ranks).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from contracts.treatments import Pseudonymise, sample_column
+from core.errors import DataError
+from core.streams import Drain, prefetched
+from extract.sources import DatasetQuery, plan_query, reflect_table, stream_batches
+from masking.hashing import HashPool
+from masking.keys import ContractKeys
+from masking.sampling import SampleDraw, SampleResult, keep_mask, ranks
+from masking.treatments import ColumnPlan, filter_rows, mask_batch, output_schema, plan_contract
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY = 500_000
+
+
+@dataclass
+class PlannedDataset:
+    name: str
+    table: sa.Table
+    dataset: Any  # contracts.model.Dataset
+    query: DatasetQuery
+    plans: list[ColumnPlan]
+    sample_column: str | None = None
+    sample_canonicaliser: str | None = None
+    population_rows: int | None = None
+    rows: int = 0
+
+
+def plan_extract(engine: sa.Engine, contract: Any, *, file: str | None,
+                 reference_date: dt.date | None) -> list[PlannedDataset]:
+    """Reflect every table of the contract and plan every column (fails before any data is read)."""
+    queries = []
+    for dataset in contract.datasets:
+        table = reflect_table(engine, dataset, contract)
+        queries.append((dataset, table, plan_query(table, dataset, contract)))
+    sources = {d.name: [(c.name, c.arrow_type, c.not_null) for c in q.columns] for d, _, q in queries}
+    plans = plan_contract(contract, sources, file=file, reference_date=reference_date)
+    planned = []
+    for dataset, table, query in queries:
+        item = PlannedDataset(name=dataset.name, table=table, dataset=dataset, query=query, plans=plans[dataset.name])
+        if contract.sample is not None:
+            column = sample_column(dataset, contract.sample)
+            treatment = dataset.columns[column]
+            assert isinstance(treatment, Pseudonymise)
+            item.sample_column, item.sample_canonicaliser = column, treatment.canonicalise
+        planned.append(item)
+    return planned
+
+
+def source_batches(engine: sa.Engine, query: Any, batch_rows: int, *, snapshot: str | None = None,
+                   where: sa.ColumnElement | None = None, consistent: bool = False,
+                   connection: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+    """Batches of ``query``; inside the delivery's shared snapshot and/or a key range when given.
+
+    ``connection``: an open connection inside the delivery's consistent transaction, shared by every
+    read of the delivery (MariaDB/MySQL, where sessions cannot share a snapshot); used one read at a time.
+    """
+    if connection is not None:
+        yield from stream_batches(engine, query, batch_rows, connection=connection, where=where)
+        return
+    if snapshot is None and where is None and not consistent:
+        yield from stream_batches(engine, query, batch_rows)
+        return
+    from extract.partitioning import snapshot_connection
+
+    with snapshot_connection(engine, snapshot) as conn:
+        yield from stream_batches(engine, query, batch_rows, connection=conn, where=where)
+
+
+def draw_sample(engine: sa.Engine, contract: Any, planned: list[PlannedDataset], keys: ContractKeys, *,
+                batch_rows: int, spill_dir: Path, pool: HashPool | None = None,
+                snapshot: str | None = None, connection: sa.Connection | None = None) -> SampleResult:
+    """First pass: ranks of the sampling entity in every dataset → the limit and exact counts."""
+    sample = contract.sample
+    draw = SampleDraw(entity=sample.entity, fraction=sample.fraction, max_records=sample.max_records,
+                      spill_dir=spill_dir)
+    for item in planned:
+        narrowed = item.dataset.model_copy(update={"columns": {item.sample_column:
+                                                                   item.dataset.columns[item.sample_column]}})
+        query = plan_query(item.table, narrowed, contract)
+        rows = 0
+        for batch in source_batches(engine, query, batch_rows, snapshot=snapshot, connection=connection):
+            _, batch_ranks = _ranks(batch, item, keys, sample.entity, pool)
+            draw.add(batch_ranks)
+            rows += batch.num_rows
+        item.population_rows = rows
+    result = draw.finish()
+    log.info("sample of %s: %d of %d drawn", sample.entity, result.sample_size, result.population)
+    return result
+
+
+def masked_batches(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, *, batch_rows: int,
+                   sample: SampleResult | None, entity: str | None, pool: HashPool | None = None,
+                   snapshot: str | None = None, where: sa.ColumnElement | None = None,
+                   consistent: bool = False, connection: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+    # The source runs ahead in its own thread while this one masks (hashing waits on worker processes).
+    for batch in prefetched(source_batches(engine, item.query, batch_rows, snapshot=snapshot, where=where,
+                                           consistent=consistent, connection=connection),
+                            name=f"extract {item.name}"):
+        if sample is not None:
+            valid, batch_ranks = _ranks(batch, item, keys, entity, pool)
+            batch = filter_rows(batch, valid, keep_mask(batch_ranks, sample.limit))
+        yield mask_batch(batch, item.plans, keys, pool=pool)
+
+
+def _ranks(batch: pa.RecordBatch, item: PlannedDataset, keys: ContractKeys, entity: str,
+           pool: HashPool | None) -> tuple[Any, Any]:
+    try:
+        return ranks(batch.column(item.sample_column), canonicaliser=item.sample_canonicaliser, key=keys.sample,
+                     entity=entity, pool=pool)
+    except DataError as exc:
+        raise DataError(f"column {item.sample_column!r}: {exc}") from None
+
+
+def write_masked(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, path: Path, *, batch_rows: int,
+                 sample: SampleResult | None = None, entity: str | None = None,
+                 pool: HashPool | None = None, snapshot: str | None = None,
+                 where: sa.ColumnElement | None = None, consistent: bool = False,
+                 connection: sa.Connection | None = None) -> int:
+    """Masked pass of one dataset (or one key range of it) into ``path`` (Parquet, zstd); returns rows."""
+    rows = 0
+    next_report = REPORT_EVERY
+    schema = output_schema(item.plans)
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        drain = Drain(writer.write_batch, name=f"write {item.name}")  # compression overlaps the masking
+        try:
+            for masked in masked_batches(engine, item, keys, batch_rows=batch_rows, sample=sample, entity=entity,
+                                         pool=pool, snapshot=snapshot, where=where, consistent=consistent,
+                                         connection=connection):
+                if masked.num_rows:
+                    drain.put(masked)
+                rows += masked.num_rows
+                if rows >= next_report:
+                    log.info("dataset %s: %d rows extracted and masked", item.name, rows)
+                    next_report += REPORT_EVERY
+        finally:
+            drain.close()
+        if rows == 0:
+            writer.write_table(pa.Table.from_batches([], schema=schema))
+    log.info("dataset %s: %d rows extracted and masked in total", item.name, rows)
+    item.rows = rows
+    return rows

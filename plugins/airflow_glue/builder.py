@@ -1,0 +1,308 @@
+"""Build one Airflow DAG per contract file. The only module of the package that imports Airflow.
+
+Tasks are thin: each one builds a ``RunContext`` from the Airflow run and calls the matching
+``Pipeline`` stage. Parsing only reads YAML (no database, no network). Our own errors are
+deterministic, so they fail the task without retries (``AirflowFailException``); foreign errors
+(network, database) are retried.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param, task, teardown
+
+from airflow_glue.alerts import failure_callback
+from contracts.loading import discover_contract_files, load_contract
+from contracts.model import Contract
+from core.errors import ConfigError, ContractExtractsError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARGS = {
+    "owner": "contract-extracts",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+}
+
+# Manual deliveries say what they are for: both go into the run_started ledger record (value-free,
+# length-bounded, validated by JSON schema in the trigger form and again when the run starts).
+REFERENCE_MAX, REASON_MAX = 64, 200
+DELIVERY_PARAMS = {
+    "delivery_reference": {
+        "type": ["null", "string"], "maxLength": REFERENCE_MAX,
+        "pattern": r"^([A-Za-z0-9][A-Za-z0-9._/:-]*)?$",
+        "title": "Delivery reference",
+        "description": "Ticket or request id of this delivery, e.g. REQ-2026-0142 (letters, digits, . _ / : -). "
+                       "Recorded in the audit ledger.",
+    },
+    "reason": {
+        "type": ["null", "string"], "maxLength": REASON_MAX, "pattern": r"^[^\x00-\x1f\x7f]*$",
+        "title": "Reason",
+        "description": f"Why this delivery is made, at most {REASON_MAX} characters. Recorded in the audit ledger: "
+                       "never write personal data here.",
+    },
+    "full_refresh": {
+        "type": "boolean",
+        "title": "Full refresh",
+        "description": "For incremental contracts: send the whole current extract instead of the rows changed "
+                       "since the last delivery (give the reason above). Recorded in the audit ledger.",
+    },
+}
+
+
+def _delivery_params() -> dict[str, Param]:
+    return {name: Param(False if schema.get("type") == "boolean" else None, **dict(schema))
+            for name, schema in DELIVERY_PARAMS.items()}
+
+
+def trigger_params(params: Any) -> dict[str, Any]:
+    """The manual-delivery params worth recording: printable, trimmed, bounded; unset ones are left out."""
+    out: dict[str, Any] = {}
+    for name, limit in (("delivery_reference", REFERENCE_MAX), ("reason", REASON_MAX)):
+        try:
+            value = params.get(name) if params is not None else None
+        except Exception:
+            value = None
+        if isinstance(value, str):
+            value = "".join(ch for ch in value if ch.isprintable()).strip()[:limit]
+            if value:
+                out[name] = value
+    try:
+        full_refresh = params.get("full_refresh") if params is not None else None
+    except Exception:  # params without the key (older runs): not a full refresh
+        full_refresh = None
+    if full_refresh is True:
+        out["full_refresh"] = True
+    return out
+
+
+def _airflow_connection_url(conn_id: str):
+    from airflow.sdk import Connection
+
+    from core.connections import sqlalchemy_url
+
+    try:
+        conn = Connection.get(conn_id)
+    except Exception:
+        raise ConfigError("is not defined in Airflow", key=f"connection {conn_id!r}",
+                          fix=f"add the connection {conn_id!r} (UI, CLI, env AIRFLOW_CONN_..., or secrets "
+                              "backend)") from None
+    return sqlalchemy_url(conn.get_uri(), conn_id)
+
+
+LEDGER_CONNECTION_ID = "contract_extracts_ledger"
+
+
+def _settings_with_ledger_connection(settings):
+    """Deployments name the ledger database as the Airflow connection ``contract_extracts_ledger``.
+
+    CONTRACT_EXTRACTS_LEDGER_URL, when set, wins; without either the local SQLite default is used
+    (fine for one machine; a distributed deployment must configure one shared ledger).
+    """
+    import dataclasses
+    import os
+
+    if os.environ.get("CONTRACT_EXTRACTS_LEDGER_URL"):
+        return settings
+    from airflow.sdk import Connection
+
+    from core.connections import sqlalchemy_url
+
+    try:
+        conn = Connection.get(LEDGER_CONNECTION_ID)
+    except Exception:
+        return settings
+    url = sqlalchemy_url(conn.get_uri(), LEDGER_CONNECTION_ID)
+    return dataclasses.replace(settings, ledger_url=url.render_as_string(hide_password=False))
+
+
+def _pipeline(contract_path: Path, context: dict[str, Any]):
+    from airflow_glue.secrets import airflow_key_source
+    from airflow_glue.transports import airflow_sftp_endpoint
+    from core.settings import load_settings
+    from pipeline.stages import Pipeline, RunContext
+
+    dag_run = context["dag_run"]
+    ti = context["ti"]
+    run_after = getattr(dag_run, "run_after", None) or getattr(dag_run, "start_date", None) \
+        or dt.datetime.now(dt.UTC)
+    raw_run_type = getattr(dag_run, "run_type", "") or ""
+    run_type = str(getattr(raw_run_type, "value", raw_run_type))  # 'manual', not 'DagRunType.MANUAL'
+    user = getattr(dag_run, "triggering_user_name", None)
+    actor = user or ("scheduler" if "scheduled" in run_type else "airflow")
+    max_tries = getattr(ti, "max_tries", None)
+    try_number = getattr(ti, "try_number", 1) or 1
+    final = max_tries is None or try_number > max_tries
+    ctx = RunContext(
+        contract_path=contract_path,
+        settings=_settings_with_ledger_connection(load_settings()),
+        actor=actor,
+        run_key=f"{dag_run.dag_id}/{dag_run.run_id}",
+        run_after=run_after,
+        resolve_connection=_airflow_connection_url,
+        resolve_sftp=airflow_sftp_endpoint,
+        key_source=airflow_key_source(),  # masks the master keys before the stage logs
+        trigger={"system": "airflow", "dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
+                 "run_type": run_type, "try_number": try_number,
+                 **trigger_params(context.get("params")),
+                 **({"worker": str(ti.hostname)[:100]} if getattr(ti, "hostname", None) else {})},
+        final_attempt=final,
+    )
+    return Pipeline(ctx)
+
+
+def _call_stage(contract_path: Path, stage: str, context: dict[str, Any], *args: Any) -> dict:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    pipeline = _pipeline(contract_path, context)
+    try:
+        return getattr(pipeline, stage)(*args)
+    except ContractExtractsError as exc:
+        if type(exc).__name__ == "StageFailed":
+            raise  # foreign cause: let Airflow retry
+        raise AirflowFailException(str(exc)) from None
+    finally:
+        pipeline.close()
+
+
+def render_doc(contract: Contract, contract_path: Path) -> str:
+    lines = [
+        f"# {contract.title}",
+        "",
+        f"**Contract** {contract.contract} · **Contractor** {contract.contractor} · "
+        f"**Business case** {contract.business_case}",
+        "",
+        f"**Legal gateway:** {contract.legal_gateway}",
+        "",
+        f"**Security assurance:** {contract.security_assurance.framework} "
+        f"{contract.security_assurance.reference}, expires {contract.security_assurance.expires}",
+        "",
+        f"**Valid** {contract.valid.from_} to {contract.valid.until} · **Schedule** "
+        f"{contract.schedule or 'manual only'} · **Linkage** {contract.linkage}",
+        "",
+        "**Recipients:** " + ", ".join(r.name for r in contract.recipients),
+        "",
+        f"Contract file: `{contract_path.name}`. Deliveries, approvals, blocked runs and the audit ledger: "
+        "[Contract deliveries](/plugin/contract-deliveries) in the navigation.",
+        "",
+        "Manual deliveries: give a *delivery reference* and a *reason* in the trigger form; both are recorded "
+        "in the audit ledger (never personal data).",
+        "",
+    ]
+    for ds in contract.datasets:
+        lines += [f"## Dataset `{ds.name}` from `{ds.table}`", "", "| Column | Treatment |", "| --- | --- |"]
+        for name, t in ds.columns.items():
+            extra = ""
+            if t.treatment == "pseudonymise":
+                extra = f" (entity `{t.entity}`, canonicalise `{t.canonicalise}`)"
+            elif t.treatment == "generalise":
+                extra = f" to {t.to}"
+            lines.append(f"| `{name}` | {t.treatment}{extra} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
+    contract_path = contract_path.absolute()
+    start = dt.datetime.combine(contract.valid.from_, dt.time(), tzinfo=dt.UTC)
+    tags = ["contract-extract", f"contractor:{contract.contractor_slug}",
+            "nightly" if contract.schedule else "manual"]
+    with DAG(
+        dag_id=contract.dag_id,
+        description=f"{contract.contract}: {contract.title} → {contract.contractor}",
+        schedule=contract.schedule,
+        start_date=start,
+        catchup=False,
+        max_active_runs=1,
+        tags=tags,
+        default_args={**DEFAULT_ARGS, "on_failure_callback": failure_callback(contract.contract)},
+        params=_delivery_params(),
+        doc_md=render_doc(contract, contract_path),
+    ) as dag:
+
+        @task(task_id="authorise", retries=0)
+        def authorise(**context: Any) -> dict:
+            return _call_stage(contract_path, "authorise", context)
+
+        @task(task_id="extract")
+        def extract(**context: Any) -> dict:
+            return _call_stage(contract_path, "extract", context)
+
+        @task(task_id="disclosure")
+        def disclosure(**context: Any) -> dict:
+            return _call_stage(contract_path, "disclosure", context)
+
+        @task(task_id="validate")
+        def validate(**context: Any) -> dict:
+            return _call_stage(contract_path, "validate", context)
+
+        @task(task_id="package")
+        def package(**context: Any) -> dict:
+            return _call_stage(contract_path, "package", context)
+
+        @task(task_id="deliver")
+        def deliver(**context: Any) -> dict:
+            return _call_stage(contract_path, "deliver", context)
+
+        @task(task_id="record")
+        def record(**context: Any) -> dict:
+            return _call_stage(contract_path, "record", context)
+
+        @teardown
+        def cleanup_staging(**context: Any) -> dict:
+            pipeline = _pipeline(contract_path, context)
+            return pipeline.cleanup()
+
+        chain = [authorise(), extract(), disclosure(), validate(), package(), deliver(), record()]
+        for upstream, downstream in itertools.pairwise(chain):
+            upstream >> downstream
+        if any(d.partition is not None for d in contract.datasets):
+            # Key ranges read by mapped tasks (any worker) from one snapshot; extract merges the parts.
+            @task(task_id="plan_partitions")
+            def plan_partitions(**context: Any) -> list[dict]:
+                return _call_stage(contract_path, "plan_partitions", context)["parts"]
+
+            @task(task_id="extract_partition")
+            def extract_partition(part: dict, **context: Any) -> dict:
+                return _call_stage(contract_path, "extract_partition", context, part)
+
+            planned = plan_partitions()
+            parts = extract_partition.expand(part=planned)
+            chain[0] >> planned
+            parts >> dag.get_task("extract")
+        chain[-1] >> cleanup_staging()
+        chain[0] >> dag.get_task("cleanup_staging")
+    return dag
+
+
+def build_all(contracts_dir: Path) -> dict[str, DAG]:
+    """DAGs for every valid contract file. Broken files are reported by ``broken_contracts``."""
+    dags: dict[str, DAG] = {}
+    for path in discover_contract_files(contracts_dir):
+        try:
+            contract = load_contract(path)
+        except ContractExtractsError:
+            continue  # reported as an import error by dags/contract_file_errors.py
+        dags[contract.dag_id] = build_contract_dag(path, contract)
+    return dags
+
+
+def broken_contracts(contracts_dir: Path) -> list[str]:
+    """One message per contract file that does not load (file, key, fix)."""
+    problems = []
+    for path in discover_contract_files(contracts_dir):
+        try:
+            load_contract(path)
+        except ContractExtractsError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+class InvalidContractFiles(Exception):
+    """Raised at parse time by dags/contract_file_errors.py so Airflow shows an import error."""

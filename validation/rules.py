@@ -1,0 +1,240 @@
+"""The release gate's rules, derived from the contract and the staging hand-over files (never from data).
+
+* Columns: the contract's allow-list in order, with the Arrow types the extract recorded; pseudonym
+  format; not-null where the source column is NOT NULL.
+* Entity keys: a pseudonymised column whose source column is unique (``source_unique`` recorded by
+  the extract, else the source's primary key / single-column unique constraint) must be unique in
+  the file; that dataset is the *parent* of entity E, and every other column pseudonymised with E
+  must reference it (unless the parent dataset is filtered: its filter legitimately drops parents).
+* Domains: what each treatment can produce (years in a plausible range, quarter/month/postcode
+  shapes, age-band and mapping labels, multiples of a rounding base, top/bottom codes), replaced by
+  the disclosure stage's generalisation where it coarsened a column.
+* Leak check: every string column (exact match in pseudonym columns, substring elsewhere), except
+  columns delivered ``unmasked`` under an approved business requirement.
+* Aggregate tables (``disclosure.json``): columns and types, rounding base, minimum published
+  count, no recoverable suppressed cell.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from contracts.model import Contract
+from contracts.treatments import Pseudonymise
+from validation.gate import ColumnRule, DatasetRules, Domain
+from validation.release import (
+    DeliveryRules,
+    DisclosureCheck,
+    Reference,
+    SampleCheck,
+    TableCheck,
+)
+
+EARLIEST_YEAR = 1850  # plausible lower bound of a generalised year (dates of birth included)
+STRING_TYPES = ("string", "large_string")
+
+
+def _is_string(type_name: str | None) -> bool:
+    return type_name in STRING_TYPES
+
+
+def treatment_domains(treatment: Any, type_name: str | None, run_year: int) -> list[Domain]:
+    """What a column treatment can produce, as domains (unknown treatments: none)."""
+    name = getattr(treatment, "treatment", None)
+    try:
+        if name == "generalise":
+            return _generalise_domains(treatment, type_name, run_year)
+        if name == "round":
+            base = float(treatment.base)
+            out = []
+            codes = [c for c in (getattr(treatment, "top_code", None), getattr(treatment, "bottom_code", None))
+                     if c is not None]
+            if all(float(c) % base == 0 for c in codes):
+                out.append(Domain("multiple_of", base=base))
+            top, bottom = getattr(treatment, "top_code", None), getattr(treatment, "bottom_code", None)
+            if top is not None or bottom is not None:
+                out.append(Domain("between", min_value=None if bottom is None else float(bottom),
+                                  max_value=None if top is None else float(top)))
+            return out
+        if name == "top_code":
+            return [Domain("between", max_value=float(max(treatment.threshold, treatment.coded)))]
+        if name == "bottom_code":
+            return [Domain("between", min_value=float(min(treatment.threshold, treatment.coded)))]
+    except (AttributeError, TypeError, ValueError, ArithmeticError):
+        return []
+    return []
+
+
+def _generalise_domains(t: Any, type_name: str | None, run_year: int) -> list[Domain]:
+    to = getattr(t, "to", None)
+    if to == "year" and type_name and type_name.startswith(("int", "uint")):
+        return [Domain("between", min_value=EARLIEST_YEAR, max_value=run_year + 1)]
+    if not _is_string(type_name):
+        return []
+    if to == "quarter":
+        return [Domain("regex", regex=r"^[0-9]{4}-Q[1-4]\Z")]
+    if to == "month":
+        return [Domain("regex", regex=r"^[0-9]{4}-(0[1-9]|1[0-2])\Z")]
+    if to == "area":
+        return [Domain("regex", regex=r"^[A-Z]{1,2}\Z")]
+    if to == "district":
+        return [Domain("regex", regex=r"^[A-Z]{1,2}[0-9][0-9A-Z]?\Z")]
+    if to == "sector":
+        return [Domain("regex", regex=r"^[A-Z]{1,2}[0-9][0-9A-Z]? [0-9]\Z")]
+    if to == "mapping" and getattr(t, "mapping", None):
+        labels = set(t.mapping.values()) | ({t.other} if getattr(t, "other", None) is not None else set())
+        return [Domain("in_set", values=tuple(sorted(labels)))]
+    try:
+        from masking import generalise as g
+    except ImportError:  # pragma: no cover - the masking engine is part of the package
+        return []
+    if to == "age_band" and hasattr(g, "age_band_labels"):
+        edges = t.age_edges if hasattr(t, "age_edges") else None
+        return [Domain("in_set", values=tuple(g.age_band_labels(t.width, t.top, edges)))]
+    if to == "band" and getattr(t, "edges", None) and hasattr(g, "number_band_labels"):
+        return [Domain("in_set", values=tuple(g.number_band_labels(list(t.edges))))]
+    return []
+
+
+def _disclosure_domains(contract: Contract, column: str, level: int, current: list[Domain]) -> list[Domain]:
+    """Domains of a column the disclosure stage generalised to ``level`` of its hierarchy."""
+    from contracts.disclosure import BandHierarchy
+
+    hierarchy = (contract.disclosure.hierarchies or {}).get(column) if contract.disclosure else None
+    if hierarchy is None or level <= 0:
+        return current
+    if isinstance(hierarchy, BandHierarchy):
+        width = hierarchy.bands[level - 1]
+        out = [Domain("multiple_of", base=float(width))]
+        for d in current:
+            if d.kind == "between":
+                low = None if d.min_value is None else math.floor(d.min_value / width) * width
+                out.append(Domain("between", min_value=low, max_value=d.max_value))
+        return out
+    labels = set(hierarchy.levels[level - 1].values())
+    return [Domain("in_set", values=tuple(sorted(labels)))]
+
+
+def source_unique_columns(contract: Contract, state: dict, reflected: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Per dataset: the pseudonymised columns whose source column is unique.
+
+    ``source_unique`` recorded by the extract (per column in ``extract.json``) wins; otherwise the
+    source's own constraints (``reflected``: primary key or single-column unique constraint/index).
+    """
+    out: dict[str, set[str]] = {}
+    for ds in state["datasets"]:
+        dataset = contract.dataset(ds["name"])
+        unique = set()
+        for c in ds["columns"]:
+            if not isinstance(dataset.columns.get(c["name"]), Pseudonymise):
+                continue
+            recorded = c.get("source_unique")
+            if recorded is True or (recorded is None and c["name"] in reflected.get(ds["name"], set())):
+                unique.add(c["name"])
+        out[ds["name"]] = unique
+    return out
+
+
+def delivery_rules(contract: Contract, state: dict, disclosure_doc: dict | None, *,
+                   unique: dict[str, set[str]], run_year: int) -> DeliveryRules:
+    from disclosure.assess import sample_info
+    from disclosure.tables import round_to_base
+
+    doc = disclosure_doc or {}
+    microdata = doc.get("microdata", True) is not False
+    generalised: dict[tuple[str, str], int] = {}
+    suppressed: dict[tuple[str, str], int] = {}
+    for d in doc.get("datasets", []):
+        for g in d["treatment"]["generalised"]:
+            generalised[(d["name"], g["column"])] = int(g["level"])
+        for column, count in d["treatment"]["suppressed_values"].items():
+            suppressed[(d["name"], column)] = int(count)
+    sample = sample_info(state)
+    entity = contract.sample.entity if contract.sample is not None and hasattr(contract.sample, "entity") else None
+
+    datasets: list[DatasetRules] = []
+    notes: list[str] = []
+    if microdata:
+        for ds in state["datasets"]:
+            dataset = contract.dataset(ds["name"])
+            columns = []
+            for c in ds["columns"]:
+                treatment = dataset.columns[c["name"]]
+                domains = treatment_domains(treatment, c.get("type"), run_year)
+                level = generalised.get((ds["name"], c["name"]), 0)
+                if level:
+                    domains = _disclosure_domains(contract, c["name"], level, domains)
+                if c["pseudonym"]:
+                    domains = [d for d in domains if d.kind != "regex"]
+                leak = "exact" if c["pseudonym"] else ("substring" if _is_string(c.get("type")) else None)
+                if getattr(treatment, "treatment", None) == "unmasked":
+                    leak = None  # delivered in clear by an approved business requirement
+                # Local suppression nulls single key values: those columns can no longer be NOT NULL.
+                not_null = bool(c.get("source_not_null")) and not suppressed.get((ds["name"], c["name"]))
+                columns.append(ColumnRule(name=c["name"], pseudonym=bool(c["pseudonym"]),
+                                          not_null=not_null, type=c.get("type"),
+                                          unique=c["name"] in unique.get(ds["name"], set()),
+                                          domains=tuple(domains), leak=leak))
+            max_rows = None
+            if contract.sample is not None and contract.sample.max_records and entity:
+                carriers = [n for n, t in dataset.columns.items()
+                            if isinstance(t, Pseudonymise) and t.entity == entity]
+                if any(n in unique.get(ds["name"], set()) for n in carriers):
+                    max_rows = contract.sample.max_records  # one row per sampled entity
+            expected = int(ds["rows"])
+            datasets.append(DatasetRules(dataset=ds["name"], columns=tuple(columns), min_rows=0,
+                                         max_rows=max_rows, expected_rows=expected))
+
+    for a in doc.get("aggregates", []):
+        columns = []
+        for c in a["schema"]:
+            domains: list[Domain] = []
+            if c["name"] == "count":
+                domains.append(Domain("multiple_of", base=float(a["rounding"])))
+                grossed = a.get("grossed")
+                if not grossed or grossed.get("by") != "weight":
+                    factor = float(grossed["factor"]) if grossed else 1.0
+                    domains.append(Domain("between", min_value=round_to_base(a["threshold"] * factor, a["rounding"])))
+            columns.append(ColumnRule(name=c["name"], type=c["type"], domains=tuple(domains),
+                                      leak="substring" if _is_string(c["type"]) else None))
+        datasets.append(DatasetRules(dataset=a["name"], columns=tuple(columns), min_rows=0,
+                                     expected_rows=int(a["rows"])))
+
+    references: list[Reference] = []
+    if microdata:
+        parents: dict[str, tuple[str, str]] = {}
+        for ds in state["datasets"]:
+            dataset = contract.dataset(ds["name"])
+            for name in unique.get(ds["name"], set()):
+                t = dataset.columns[name]
+                if isinstance(t, Pseudonymise) and t.entity not in parents:
+                    parents[t.entity] = (ds["name"], name)
+        for ds in state["datasets"]:
+            dataset = contract.dataset(ds["name"])
+            for name, t in dataset.columns.items():
+                if not isinstance(t, Pseudonymise) or t.entity not in parents:
+                    continue
+                parent_ds, parent_col = parents[t.entity]
+                if parent_ds == ds["name"]:
+                    continue
+                if contract.dataset(parent_ds).filter:
+                    notes.append(f"{ds['name']}.{name}: references to {parent_ds}.{parent_col} not checked, "
+                                 f"because {parent_ds} is filtered")
+                    continue
+                references.append(Reference(ds["name"], name, parent_ds, parent_col))
+
+    checks = []
+    settings = doc.get("settings") or {}
+    for d in doc.get("datasets", []) if microdata else []:
+        checks.append(DisclosureCheck(dataset=d["name"], key=tuple(d["key"]), sensitive=tuple(d["sensitive"]),
+                                      k=int(settings.get("k", d["after"]["k"])),
+                                      l=settings.get("l") if d["sensitive"] else None))
+    tables = [TableCheck(dataset=a["name"], by=tuple(a["by"])) for a in doc.get("aggregates", []) if a["margins"]]
+
+    sample_check = None
+    if contract.sample is not None:
+        sample_check = SampleCheck(fraction=contract.sample.fraction, max_records=contract.sample.max_records,
+                                   population=(sample or {}).get("population"), size=(sample or {}).get("size"))
+    return DeliveryRules(datasets=tuple(datasets), references=tuple(references), disclosure=tuple(checks),
+                         tables=tuple(tables), sample=sample_check, notes=tuple(notes))
