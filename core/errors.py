@@ -35,6 +35,15 @@ class ContractError(ConfigError):
     """A contract file is invalid."""
 
 
+def value_free(exc: BaseException) -> str:
+    """What may be said of a foreign exception: its type name only.
+
+    A third-party message (a driver, PyArrow, a parser) can quote the value that failed, so logs, the
+    ledger and our own error messages name the type and never ``str(exc)``. The one place that rule lives.
+    """
+    return type(exc).__name__
+
+
 class KeyError_(ContractExtractsError):  # trailing underscore: do not shadow the builtin KeyError
     """A key (master, signing, identity) is missing, malformed or badly protected."""
 
