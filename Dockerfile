@@ -13,10 +13,11 @@ USER 0
 # mysqlclient has no Linux wheel on PyPI and recent official images may not ship it (apache/airflow#57146),
 # so the project install below compiles it: MariaDB Connector/C (libmariadb3 at run time, libmariadb-dev
 # found through pkg-config) and a C compiler (gcc, libc6-dev); the base image's Python has its own headers.
+# The project's build hook compiles masking's keyed-hashing extension against OpenSSL's libcrypto (libssl-dev).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends age gnupg openssh-client postgresql-client \
-    libmariadb3 libmariadb-dev pkg-config gcc libc6-dev \
+    libmariadb3 libmariadb-dev pkg-config gcc libc6-dev libssl-dev \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 

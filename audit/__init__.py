@@ -1,6 +1,6 @@
 """Audit: the append-only, hash-chained ledger every stage reports to (design.md "Audit ledger").
 
-``ledger`` (append, verify, query), ``keys`` (keyed mode, opening the configured ledger),
+``ledger`` (append, verify, query), ``opening`` (opening the configured ledger, keyed mode),
 ``checkpoint`` (signed heads kept elsewhere), ``export`` (JSON Lines / CSV, recorded as an access).
 """
 

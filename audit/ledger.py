@@ -51,7 +51,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from core.errors import LedgerError
+from core.errors import LedgerError, value_free
 
 __all__ = [
     "GENESIS",
@@ -138,9 +138,10 @@ class LedgerRecord:
     prev_hash: str
     hash: str
 
-    def details_obj(self) -> dict:
+    def details_obj(self) -> dict[str, Any]:
         """Parse ``details``; kept as text in the record because the text is what was hashed."""
-        return json.loads(self.details)
+        details: dict[str, Any] = json.loads(self.details)  # always a JSON object: ``append`` checks it
+        return details
 
 
 @dataclass(frozen=True)
@@ -294,7 +295,7 @@ def _build_table(name: str) -> tuple[MetaData, Table]:
         Column("hash", String(64), nullable=False),
     )
     # MySQL/MariaDB can only index a prefix of a TEXT column.
-    prefix = {"mysql_length": 191, "mariadb_length": 191}
+    prefix: dict[str, Any] = {"mysql_length": 191, "mariadb_length": 191}
     Index(f"ix_{name}_contract", table.c.contract, **prefix)
     Index(f"ix_{name}_delivery", table.c.delivery, **prefix)
     return metadata, table
@@ -364,7 +365,7 @@ class Ledger:
             engine = create_engine(self._url, connect_args=connect_args, **kwargs)
         except (NoSuchModuleError, ArgumentError, ImportError) as exc:
             raise LedgerError(f"audit ledger at {self._safe}: unsupported database URL or missing driver "
-                              f"({type(exc).__name__})") from None
+                              f"({value_free(exc)})") from None
         if self._backend == "sqlite":
             self._install_sqlite_transactions(engine)
         return engine
@@ -397,7 +398,7 @@ class Ledger:
     def _fail(self, what: str, exc: BaseException) -> LedgerError:
         """A LedgerError naming the database (password hidden) and the error type, never row data."""
         orig = getattr(exc, "orig", None)
-        detail = type(orig if orig is not None else exc).__name__
+        detail = value_free(orig if isinstance(orig, BaseException) else exc)
         sqlstate = getattr(orig, "sqlstate", None)
         if sqlstate:
             detail += f", SQLSTATE {sqlstate}"
@@ -471,7 +472,7 @@ class Ledger:
     # -- writing ------------------------------------------------------------------------------------
 
     def append(self, *, actor: str, action: str, contract: str | None, delivery: str | None,
-               details: dict) -> LedgerRecord:
+               details: dict[str, Any]) -> LedgerRecord:
         """Add one record at the head of the chain; concurrent callers anywhere get distinct seqs."""
         self._check_open()
         _check_text("actor", actor, optional=False)

@@ -3,12 +3,20 @@
 An approval is an SSHSIG signature (namespace ``contract-extracts-approval``) by a registered
 approver's Ed25519 key over a short statement::
 
-    contract-extracts approval v1
+    contract-extracts approval v2
     contract: C-2026-017
     content-sha256: 3fa9…                     # content_hash(contract): the canonical form, not the YAML text
+    catalogue-sha256: 8c1d…                   # the source catalogue the contract was approved against
     approver: jane.doe
     role: information-asset-manager
     signed-at: 2026-11-25T09:12:03.123456+00:00
+
+(v1 statements, made before source catalogues, have no ``catalogue-sha256`` line; they still verify, but
+pin no catalogue, so they no longer count: the contract needs a new approval.) A contract is approved
+only while it passes its source catalogue (``contracts.catalogue.catalogue_problems``) and that catalogue's
+current content is approved by its owner (``authorisation.catalogue_approvals``). When the catalogue
+changes later, an approval keeps counting unless the change loosens the class of a column of a table the
+contract reads (``contracts.catalogue.loosened``).
 
 recorded in the ledger as a ``contract_approved`` record (the statement's fields, the armoured
 signature, the key fingerprint, the registry hash and part digests for explaining later changes).
@@ -21,6 +29,7 @@ function for the gate and for ``status``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass, field
@@ -30,7 +39,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.ledger import Ledger, LedgerRecord
-from authorisation import sshsig
+from authorisation import approver_keys
+from authorisation.catalogue_approvals import assess_catalogue, catalogue_refusal, pinned_classes
 from authorisation.content import (
     changed_keys,
     content_parts,
@@ -45,30 +55,21 @@ from authorisation.registry import (
     Registry,
     RegistryState,
     registry_history,
-    state_before,
     sync_registry,
 )
+from authorisation.signed_records import CLOCK_SKEW, normalise_time, now, signature_problem
 from contracts.base import CONTRACT_ID
+from contracts.catalogue import Catalogue, catalogue_problems, contract_tables, loosened
 from contracts.loading import content_hash
 from contracts.model import Contract
-from core.errors import AuthorisationError, KeyError_, VerificationError
+from core.errors import AuthorisationError, KeyMaterialError, VerificationError
 
 APPROVED = "contract_approved"
 REVOKED = "approval_revoked"
-STATEMENT_HEADER = "contract-extracts approval v1"
-CLOCK_SKEW = dt.timedelta(minutes=5)
-_FIELDS = ("contract", "content-sha256", "approver", "role", "signed-at")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-def _normalise_time(value: str) -> str:
-    moment = dt.datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError("signed-at needs a time zone")
-    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds")
+STATEMENT_HEADER_V1 = "contract-extracts approval v1"
+STATEMENT_HEADER = "contract-extracts approval v2"
+_FIELDS_V1 = ("contract", "content-sha256", "approver", "role", "signed-at")
+_FIELDS = ("contract", "content-sha256", "catalogue-sha256", "approver", "role", "signed-at")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,10 +84,15 @@ class Statement:
     approver: str
     role: str
     signed_at: str
+    catalogue_sha256: str | None = None  # None: a v1 statement, made before source catalogues
 
     def text(self) -> str:
+        if self.catalogue_sha256 is None:
+            return (f"{STATEMENT_HEADER_V1}\ncontract: {self.contract}\ncontent-sha256: {self.content_sha256}\n"
+                    f"approver: {self.approver}\nrole: {self.role}\nsigned-at: {self.signed_at}\n")
         return (f"{STATEMENT_HEADER}\ncontract: {self.contract}\ncontent-sha256: {self.content_sha256}\n"
-                f"approver: {self.approver}\nrole: {self.role}\nsigned-at: {self.signed_at}\n")
+                f"catalogue-sha256: {self.catalogue_sha256}\napprover: {self.approver}\nrole: {self.role}\n"
+                f"signed-at: {self.signed_at}\n")
 
     def message(self) -> bytes:
         return self.text().encode("utf-8")
@@ -95,26 +101,30 @@ class Statement:
     def parse(cls, text: str) -> Statement:
         """Read a statement file; it must be exactly what ``text()`` renders (what was signed)."""
         lines = text.split("\n")
-        if len(lines) != len(_FIELDS) + 2 or lines[0] != STATEMENT_HEADER or lines[-1] != "":
+        fields = _FIELDS if lines and lines[0] == STATEMENT_HEADER else _FIELDS_V1
+        header = STATEMENT_HEADER if fields is _FIELDS else STATEMENT_HEADER_V1
+        if len(lines) != len(fields) + 2 or lines[0] != header or lines[-1] != "":
             raise VerificationError(f"not an approval statement (expected {len(_FIELDS) + 1} lines starting with "
                                     f"{STATEMENT_HEADER!r}). Fix: make it with 'contract-extracts approve … "
                                     "--print-statement'")
         values = {}
-        for line, name in zip(lines[1:-1], _FIELDS, strict=True):
+        for line, name in zip(lines[1:-1], fields, strict=True):
             prefix = f"{name}: "
             if not line.startswith(prefix):
                 raise VerificationError(f"approval statement: expected the line '{name}: …'")
             values[name] = line[len(prefix):]
         statement = cls(contract=values["contract"], content_sha256=values["content-sha256"],
-                        approver=values["approver"], role=values["role"], signed_at=values["signed-at"])
+                        approver=values["approver"], role=values["role"], signed_at=values["signed-at"],
+                        catalogue_sha256=values.get("catalogue-sha256"))
         try:
-            if _normalise_time(statement.signed_at) != statement.signed_at:
+            if normalise_time(statement.signed_at) != statement.signed_at:
                 raise ValueError
         except ValueError:
             raise VerificationError("approval statement: signed-at must be an ISO 8601 UTC time like "
                                     "2026-11-25T09:12:03.123456+00:00") from None
+        hashes = [statement.content_sha256] + ([statement.catalogue_sha256] if statement.catalogue_sha256 else [])
         if (not re.fullmatch(CONTRACT_ID, statement.contract) or not NAME_PATTERN.match(statement.approver)
-                or statement.role not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", statement.content_sha256)):
+                or statement.role not in ROLES or not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes)):
             raise VerificationError("approval statement: a field has a value that is not allowed (contract id, "
                                     "64 hex digits, registered approver name, known role)")
         if statement.text() != text:
@@ -145,10 +155,12 @@ class ApprovalView:
     changes: tuple[str, ...] = ()  # what changed since (when not current)
     recipients_changed: str | None = None
     parts: dict[str, str] = field(default_factory=dict, repr=False)
+    catalogue_sha256: str | None = None  # the source catalogue content it was approved against
+    catalogue_problem: str | None = None  # why the catalogue's change since then voids it (assessed with one)
 
     @property
     def counts(self) -> bool:
-        return self.signature_ok and self.current
+        return self.signature_ok and self.current and self.catalogue_problem is None
 
     def summary(self) -> dict[str, Any]:
         return {"seq": self.seq, "approver": self.approver, "role": self.role, "fingerprint": self.fingerprint}
@@ -173,11 +185,47 @@ class Assessment:
         return out
 
 
-def assess(contract: Contract, registry: Registry, ledger: Ledger) -> Assessment:
-    """Judge every approval of ``contract`` recorded in ``ledger`` against its current content."""
+def assess(contract: Contract, registry: Registry, ledger: Ledger, catalogue: Catalogue | None = None) -> Assessment:
+    """Judge every approval of ``contract`` recorded in ``ledger`` against its current content.
+
+    With ``catalogue`` (the source's current catalogue) an approval also needs its catalogue pin to hold:
+    the catalogue is unchanged since, or changed without loosening a class of the tables the contract reads.
+    """
     records = [*ledger.records(contract=contract.contract, action=APPROVED),
                *ledger.records(contract=contract.contract, action=REVOKED)]
-    return assess_records(contract, registry, sorted(records, key=lambda r: r.seq), registry_history(ledger))
+    assessment = assess_records(contract, registry, sorted(records, key=lambda r: r.seq), registry_history(ledger))
+    if catalogue is None:
+        return assessment
+    pinned: dict[str, dict[str, dict[str, str]] | None] = {}
+    views = []
+    for view in assessment.approvals:
+        problem = None
+        if view.signature_ok and view.current:
+            problem = _pin_problem(view.catalogue_sha256, contract, catalogue, ledger, pinned)
+        views.append(dataclasses.replace(view, catalogue_problem=problem))
+    return dataclasses.replace(assessment, approvals=tuple(views))
+
+
+def _pin_problem(pin: str | None, contract: Contract, catalogue: Catalogue, ledger: Ledger,
+                 cache: dict[str, dict[str, dict[str, str]] | None]) -> str | None:
+    """Why the catalogue's change since the approval's pin voids the approval, or None."""
+    if pin is None:
+        return ("approved before source catalogues (it pins no catalogue); the contract needs a new approval "
+                f"against catalogue {catalogue.source}")
+    if pin == catalogue.content_sha256:
+        return None
+    if pin not in cache:
+        cache[pin] = pinned_classes(ledger, catalogue.source, pin)
+    before = cache[pin]
+    if before is None:
+        return (f"approved against catalogue content sha256 {pin[:12]}…, which no approval of catalogue "
+                f"{catalogue.source} in the ledger records; the contract needs a new approval")
+    changes = loosened(before, catalogue.classes(), contract_tables(contract))
+    if changes:
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        return (f"the source catalogue {catalogue.source} loosened since this approval ({shown}); every contract "
+                "reading those tables needs a new approval")
+    return None
 
 
 def assess_records(contract: Contract, registry: Registry, records: list[LedgerRecord],
@@ -200,17 +248,20 @@ def _view(record: LedgerRecord, contract_id: str, digest: str, parts: dict[str, 
           revocations: list[LedgerRecord]) -> ApprovalView:
     try:
         d = record.details_obj()
+        pin = d.get("catalogue")
         statement = Statement(contract=contract_id, content_sha256=str(d["content_sha256"]),
-                              approver=str(d["approver"]), role=str(d["role"]), signed_at=str(d["signed_at"]))
+                              approver=str(d["approver"]), role=str(d["role"]), signed_at=str(d["signed_at"]),
+                              catalogue_sha256=str(pin["sha256"]) if isinstance(pin, dict) else None)
         signature, fingerprint = str(d["signature"]), str(d["fingerprint"])
-        approved_parts = d.get("parts") if isinstance(d.get("parts"), dict) else {}
-        approved_recipients = d.get("recipients") if isinstance(d.get("recipients"), dict) else {}
+        recorded_parts, recorded_recipients = d.get("parts"), d.get("recipients")
+        approved_parts: dict[str, str] = recorded_parts if isinstance(recorded_parts, dict) else {}
+        approved_recipients: dict[str, str] = recorded_recipients if isinstance(recorded_recipients, dict) else {}
         note = d.get("note") if isinstance(d.get("note"), str) else None
     except (KeyError, TypeError, ValueError):
         return ApprovalView(seq=record.seq, at=record.at, actor=record.actor, approver="?", role="?",
                             content_sha256="?", fingerprint="?", note=None, signature_ok=False,
                             problem="the approval record is malformed", current=False)
-    problem = _problem(record, statement, signature, fingerprint, registry, history, revocations)
+    problem = signature_problem(record, statement, signature, fingerprint, registry, history, revocations)
     current = statement.content_sha256 == digest
     changes: tuple[str, ...] = ()
     recipients_changed = None
@@ -221,46 +272,8 @@ def _view(record: LedgerRecord, contract_id: str, digest: str, parts: dict[str, 
     return ApprovalView(seq=record.seq, at=record.at, actor=record.actor, approver=statement.approver,
                         role=statement.role, content_sha256=statement.content_sha256, fingerprint=fingerprint,
                         note=note, signature_ok=problem is None, problem=problem, current=current,
-                        changes=changes, recipients_changed=recipients_changed, parts=approved_parts)
-
-
-def _problem(record: LedgerRecord, statement: Statement, signature: str, fingerprint: str, registry: Registry,
-             history: list[RegistryState], revocations: list[LedgerRecord]) -> str | None:
-    """Why this approval does not count (ignoring whether it covers the current content), or None."""
-    name = statement.approver
-    approver = registry.get(name)
-    if approver is None:
-        return f"{name} is not in the approver registry"
-    if approver.role != statement.role:
-        return f"{name} is registered as {approver.role}, but approved as {statement.role}"
-    if approver.fingerprint != fingerprint:
-        return f"signed with key {fingerprint}, but the registry lists {approver.fingerprint} for {name}"
-    state = state_before(history, record.seq)
-    if state is None or state.approvers.get(name) != (approver.role, approver.fingerprint):
-        return (f"{name}'s key ({approver.role}) was not in the registry recorded in the ledger when the approval "
-                "was recorded (registered later)")
-    try:
-        signed_at = _normalise_time(statement.signed_at)
-        recorded_at = dt.datetime.fromisoformat(record.at)
-    except ValueError:
-        return "the approval's signed-at time is not valid"
-    if dt.datetime.fromisoformat(signed_at) > recorded_at + CLOCK_SKEW:
-        return "the statement is dated after the record (signed-at in the future)"
-    try:
-        sshsig.verify(signature, statement.message(), approver.key)
-    except VerificationError as exc:
-        return str(exc)
-    for revocation in revocations:
-        try:
-            r = revocation.details_obj()
-        except ValueError:
-            continue
-        if r.get("approver") not in (None, name):
-            continue
-        if revocation.seq > record.seq or signed_at <= revocation.at:
-            why = f" ({r['reason']})" if isinstance(r.get("reason"), str) and r.get("reason") else ""
-            return f"withdrawn by record #{revocation.seq}{why}"
-    return None
+                        changes=changes, recipients_changed=recipients_changed, parts=approved_parts,
+                        catalogue_sha256=statement.catalogue_sha256)
 
 
 def refusal(contract: Contract, assessment: Assessment) -> str | None:
@@ -271,6 +284,11 @@ def refusal(contract: Contract, assessment: Assessment) -> str | None:
     fix = (f"Fix: an approver reviews the contract and runs 'contract-extracts approve {c} --by NAME --role ROLE "
            "--key KEY' (see 'contract-extracts status " + c + "')")
     if not counting:
+        voided = [v for v in assessment.approvals if v.signature_ok and v.current and v.catalogue_problem]
+        if voided:
+            latest = voided[0]
+            return f"contract {c}: approval #{latest.seq} by {latest.approver} no longer counts: " \
+                   f"{latest.catalogue_problem}. {fix}"
         signed = [v for v in assessment.approvals if v.signature_ok and not v.current]
         if signed:
             latest = signed[0]
@@ -302,8 +320,9 @@ def refusal(contract: Contract, assessment: Assessment) -> str | None:
 
 
 def make_statement(contract: Contract, registry: Registry, approver: str, role: str,
-                   signed_at: str | None = None) -> Statement:
-    """The statement ``approver`` signs for ``contract``'s current content (checks name and role)."""
+                   signed_at: str | None = None, *, catalogue: Catalogue) -> Statement:
+    """The statement ``approver`` signs for ``contract``'s current content against ``catalogue`` (checks name,
+    role, and that the contract passes its catalogue: a contract that breaks it cannot be approved)."""
     entry = registry.get(approver)
     if entry is None:
         known = ", ".join(a.name for a in registry.approvers) or "none"
@@ -311,24 +330,40 @@ def make_statement(contract: Contract, registry: Registry, approver: str, role: 
                                  "Fix: register the approver's public key there first (the change is recorded)")
     if role != entry.role:
         raise AuthorisationError(f"{approver} is registered as {entry.role}, not {role}. Fix: use --role {entry.role}")
+    problems = catalogue_problems(contract, catalogue)
+    if problems:
+        listed = "; ".join(f"{p.key}: {p.message}" for p in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise AuthorisationError(f"contract {contract.contract} breaks its source catalogue {catalogue.source}: "
+                                 f"{listed}{more}. Nothing was approved. Fix: correct the contract (see "
+                                 f"'contract-extracts check {contract.contract}')")
     return Statement(contract=contract.contract, content_sha256=content_hash(contract), approver=approver,
-                     role=role, signed_at=signed_at or _now())
+                     role=role, signed_at=signed_at or now(), catalogue_sha256=catalogue.content_sha256)
 
 
-def approve(*, contract: Contract, registry: Registry, ledger: Ledger, approver: str, role: str, actor: str,
-            note: str | None = None, private_key: Ed25519PrivateKey | None = None,
+def approve(*, contract: Contract, catalogue: Catalogue, registry: Registry, ledger: Ledger, approver: str, role: str,
+            actor: str, note: str | None = None, private_key: Ed25519PrivateKey | None = None,
             statement: Statement | None = None, signature: str | None = None,
             contract_file: Path | None = None) -> LedgerRecord:
-    """Sign (or take a signature of) the approval statement, check it, and record it in the ledger."""
-    expected = make_statement(contract, registry, approver, role)
+    """Sign (or take a signature of) the approval statement, check it, and record it in the ledger.
+
+    ``catalogue`` is the source's current catalogue: the contract must pass it, and its current content must
+    be approved by its owner; the approval pins its hash.
+    """
+    expected = make_statement(contract, registry, approver, role, catalogue=catalogue)
+    catalogue_reason = catalogue_refusal(catalogue, assess_catalogue(catalogue, registry, ledger))
+    if catalogue_reason is not None:
+        raise AuthorisationError(f"contract {contract.contract} cannot be approved against an unapproved catalogue: "
+                                 f"{catalogue_reason}")
     entry = registry.get(approver)
     assert entry is not None
     if private_key is not None:
-        if sshsig.ApproverKey(private_key.public_key()) != entry.key:
-            raise KeyError_(f"this private key ({sshsig.ApproverKey(private_key.public_key()).fingerprint}) is not "
-                            f"{approver}'s registered key ({entry.fingerprint})")
+        offered = approver_keys.ApproverKey(private_key.public_key())
+        if offered != entry.key:
+            raise KeyMaterialError(f"this private key ({offered.fingerprint}) is not {approver}'s registered key "
+                                   f"({entry.fingerprint})")
         statement = expected
-        signature = sshsig.sign(private_key, statement.message())
+        signature = approver_keys.sign(private_key, statement.message())
     elif statement is None or signature is None:
         raise AuthorisationError("an approval needs a private key, or a statement and its signature")
     else:
@@ -338,10 +373,16 @@ def approve(*, contract: Contract, registry: Registry, ledger: Ledger, approver:
             raise AuthorisationError(f"the statement approves content sha256 {statement.content_sha256[:12]}…, but "
                                      f"{contract.contract} now has {expected.content_sha256[:12]}…: the contract "
                                      "changed after the statement was made. Fix: review it and sign a new statement")
+        if statement.catalogue_sha256 != expected.catalogue_sha256:
+            pinned = ("no source catalogue" if statement.catalogue_sha256 is None
+                      else f"catalogue content sha256 {statement.catalogue_sha256[:12]}…")
+            raise AuthorisationError(f"the statement pins {pinned}, but catalogue {catalogue.source} now has "
+                                     f"{catalogue.content_sha256[:12]}…. Fix: make and sign a new statement "
+                                     "(--print-statement)")
         if dt.datetime.fromisoformat(statement.signed_at) > dt.datetime.now(dt.UTC) + CLOCK_SKEW:
             raise AuthorisationError("the statement is dated in the future. Fix: make a new one")
     try:
-        sshsig.verify(signature, statement.message(), entry.key)
+        approver_keys.verify(signature, statement.message(), entry.key)
     except VerificationError as exc:
         raise AuthorisationError(f"approval signature refused: {exc}") from None
     for record in ledger.records(contract=contract.contract, action=REVOKED):
@@ -356,12 +397,13 @@ def approve(*, contract: Contract, registry: Registry, ledger: Ledger, approver:
         "content_sha256": statement.content_sha256,
         "signed_at": statement.signed_at,
         "fingerprint": entry.fingerprint,
-        "namespace": sshsig.APPROVAL_NAMESPACE,
+        "namespace": approver_keys.APPROVAL_NAMESPACE,
         "signature": signature,
         "registry_sha256": registry.sha256,
         "parts": content_parts(contract),
         "recipients": recipient_digests(contract),
         "unmasked": [f"{u.dataset}.{u.column}" for u in contract.unmasked],
+        "catalogue": {"source": catalogue.source, "sha256": catalogue.content_sha256},
         "note": note,
         "contract_file": str(contract_file) if contract_file else None,
     })

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from audit.ledger import Ledger, LedgerRecord, canonical_json
-from authorisation.sshsig import ApproverKey, parse_public_key
+from authorisation.approver_keys import ApproverKey, parse_public_key
 from contracts.loading import read_yaml_file
-from core.errors import ConfigError, KeyError_
+from core.errors import ConfigError, KeyMaterialError
 
 REGISTRY_FILE = "approvers.yaml"
 REGISTRY_FORMAT = "contract-extracts/approvers/v1"
@@ -159,7 +159,7 @@ def _approver(entry: Any, where: str, path: Path) -> Approver:
         source = f"{target}"
     try:
         key = parse_public_key(text, source)
-    except KeyError_ as exc:
+    except KeyMaterialError as exc:
         raise ConfigError(str(exc), file=file, key=where) from None
     return Approver(name=name, role=role, key=key)
 

@@ -1,4 +1,7 @@
-"""``contract-extracts approve | revoke | status | approvers``: signed approvals of contracts.
+"""``contract-extracts approve | revoke | status | approvers``: signed approvals of contracts and catalogues.
+
+CONTRACT is a contract id or file; a source catalogue file (``configs/sources/<connection>.yaml``) is
+approved, withdrawn and shown the same way, by its owner (docs/catalogue.md).
 
     contract-extracts approve CONTRACT --by NAME --role ROLE [--note TEXT] --key KEY
     contract-extracts approve CONTRACT --by NAME --role ROLE --print-statement > approval.txt
@@ -14,77 +17,119 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import getpass
 import json
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
+from audit.opening import open_ledger
+from authorisation import approver_keys
+from authorisation.approvals import Statement, approve, assess, make_statement, refusal, revoke
+from authorisation.catalogue_approvals import (
+    CatalogueStatement,
+    approve_catalogue,
+    assess_catalogue,
+    catalogue_refusal,
+    make_catalogue_statement,
+    revoke_catalogue,
+)
+from authorisation.registry import NAME_PATTERN, ROLES, Registry, load_registry, registry_history, registry_path
+from authorisation.run_checks import date_refusal
+from cli.arguments import actor, contract_path
+from contracts.catalogue import Catalogue, is_catalogue_document, load_catalogue, load_catalogue_for
+from contracts.loading import load_contract, read_yaml_file
+from contracts.model import Contract
+from core.errors import AuthorisationError, ConfigError
+from core.settings import load_settings
 
 
-def _contract_path(value: str) -> Path:
-    from core.settings import load_settings
-
-    path = Path(value)
-    if path.suffix in (".yaml", ".yml"):
-        return path
-    return load_settings().contracts_dir / f"{value}.yaml"
-
-
-def _registry():
-    from authorisation.registry import load_registry, registry_path
-    from core.settings import load_settings
-
+def _registry() -> Registry:
     return load_registry(registry_path(load_settings().config_dir))
 
 
-def _approve(args: argparse.Namespace) -> int:
-    from audit.keys import open_ledger
-    from authorisation import sshsig
-    from authorisation.approvals import Statement, approve, assess, make_statement, refusal
-    from contracts.loading import load_contract
-    from core.errors import AuthorisationError
+def _catalogue_file(value: str) -> Path | None:
+    """The catalogue file ``value`` names, or None when it names a contract."""
+    path = Path(value)
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        return None
+    try:
+        return path if is_catalogue_document(read_yaml_file(path, kind="a configuration file")) else None
+    except ConfigError:
+        return None
 
-    path = _contract_path(args.contract)
+
+def _catalogue(contract: Contract) -> Catalogue:
+    return load_catalogue_for(contract, load_settings().config_dir)[0]
+
+
+def _approve(args: argparse.Namespace) -> int:
+    catalogue_file = _catalogue_file(args.contract)
+    if catalogue_file is not None:
+        return _approve_catalogue(args, catalogue_file)
+    path = contract_path(args.contract)
     contract = load_contract(path)
     registry = _registry()
+    catalogue = _catalogue(contract)
     if args.print_statement:
-        sys.stdout.write(make_statement(contract, registry, args.by, args.role).text())
-        print(f"sign it with: ssh-keygen -Y sign -n {sshsig.APPROVAL_NAMESPACE} -f YOUR_KEY FILE, then run "
+        sys.stdout.write(make_statement(contract, registry, args.by, args.role, catalogue=catalogue).text())
+        print(f"sign it with: ssh-keygen -Y sign -n {approver_keys.APPROVAL_NAMESPACE} -f YOUR_KEY FILE, then run "
               "approve again with --statement FILE --signature FILE.sig", file=sys.stderr)
         return 0
-    private_key = statement = signature = None
-    if args.key:
-        private_key = sshsig.load_private_key(Path(args.key))
-    elif args.statement and args.signature:
-        statement = Statement.parse(Path(args.statement).read_text(encoding="utf-8"))
-        signature = Path(args.signature).read_text(encoding="ascii")
-    else:
-        raise AuthorisationError("give --key KEY, or --statement FILE and --signature FILE (or --print-statement)")
+    private_key, text, signature = _signed_input(args)
+    statement = Statement.parse(text) if text is not None else None
     entry = registry.get(args.by)
     with open_ledger() as ledger:
-        record = approve(contract=contract, registry=registry, ledger=ledger, approver=args.by, role=args.role,
-                         actor=_actor(), note=args.note, private_key=private_key, statement=statement,
+        record = approve(contract=contract, catalogue=catalogue, registry=registry, ledger=ledger, approver=args.by,
+                         role=args.role, actor=actor(), note=args.note, private_key=private_key, statement=statement,
                          signature=signature, contract_file=path.absolute())
-        reason = refusal(contract, assess(contract, registry, ledger))
+        reason = refusal(contract, assess(contract, registry, ledger, catalogue))
     details = record.details_obj()
     title = entry.role_title if entry else args.role
-    print(f"approved {contract.contract} (content sha256 {details['content_sha256']}) as {args.by} ({title}, key "
+    print(f"approved {contract.contract} (content sha256 {details['content_sha256']}, against catalogue "
+          f"{catalogue.source} sha256 {catalogue.content_sha256[:16]}…) as {args.by} ({title}, key "
           f"{details['fingerprint']}): ledger record #{record.seq}")
     print(f"approvals of {contract.contract}: " + ("sufficient for a run" if reason is None else f"not yet: {reason}"))
     return 0
 
 
-def _revoke(args: argparse.Namespace) -> int:
-    from audit.keys import open_ledger
-    from authorisation.approvals import revoke
-    from contracts.loading import load_contract
-    from core.errors import ConfigError
+def _signed_input(args: argparse.Namespace) -> tuple[Ed25519PrivateKey | None, str | None, str | None]:
+    """(private key, statement text, signature) from --key, or --statement and --signature."""
+    if args.key:
+        return approver_keys.load_private_key(Path(args.key)), None, None
+    if args.statement and args.signature:
+        return None, Path(args.statement).read_text(encoding="utf-8"), Path(args.signature).read_text(encoding="ascii")
+    raise AuthorisationError("give --key KEY, or --statement FILE and --signature FILE (or --print-statement)")
 
-    path = _contract_path(args.contract)
-    contract = registry = None
+
+def _approve_catalogue(args: argparse.Namespace, path: Path) -> int:
+    catalogue = load_catalogue(path)
+    registry = _registry()
+    if args.print_statement:
+        sys.stdout.write(make_catalogue_statement(catalogue, registry, args.by, args.role).text())
+        print(f"sign it with: ssh-keygen -Y sign -n {approver_keys.APPROVAL_NAMESPACE} -f YOUR_KEY FILE, then run "
+              "approve again with --statement FILE --signature FILE.sig", file=sys.stderr)
+        return 0
+    private_key, text, signature = _signed_input(args)
+    statement = CatalogueStatement.parse(text) if text is not None else None
+    with open_ledger() as ledger:
+        record = approve_catalogue(catalogue=catalogue, registry=registry, ledger=ledger, approver=args.by,
+                                   role=args.role, actor=actor(), note=args.note, private_key=private_key,
+                                   statement=statement, signature=signature, catalogue_file=path.absolute())
+        reason = catalogue_refusal(catalogue, assess_catalogue(catalogue, registry, ledger))
+    print(f"approved source catalogue {catalogue.source} (content sha256 {catalogue.content_sha256}) as {args.by} "
+          f"(key {record.details_obj()['fingerprint']}): ledger record #{record.seq}")
+    print(f"catalogue {catalogue.source}: " + ("approved for runs" if reason is None else f"not yet: {reason}"))
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    catalogue_file = _catalogue_file(args.contract)
+    if catalogue_file is not None:
+        return _revoke_catalogue(args, catalogue_file)
+    path = contract_path(args.contract)
+    contract: Contract | None = None
+    registry: Registry | None = None
     try:
         contract = load_contract(path)
         registry = _registry()
@@ -92,7 +137,7 @@ def _revoke(args: argparse.Namespace) -> int:
         pass  # withdrawing needs neither a valid file nor a registry: it only takes authority away
     contract_id = contract.contract if contract else path.stem
     with open_ledger() as ledger:
-        record = revoke(contract=contract, contract_id=contract_id, ledger=ledger, actor=_actor(),
+        record = revoke(contract=contract, contract_id=contract_id, ledger=ledger, actor=actor(),
                         approver=args.by, reason=args.reason, registry=registry)
     withdrawn = record.details_obj()["withdrawn"]
     whose = f"{args.by}'s approvals" if args.by else "all approvals"
@@ -101,21 +146,74 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    from audit.keys import open_ledger
-    from authorisation.approvals import assess, refusal
-    from authorisation.gate import date_refusal
-    from authorisation.registry import registry_history
-    from contracts.loading import load_contract
+def _revoke_catalogue(args: argparse.Namespace, path: Path) -> int:
+    catalogue: Catalogue | None = None
+    registry: Registry | None = None
+    try:
+        catalogue = load_catalogue(path)
+        registry = _registry()
+    except ConfigError:
+        pass  # withdrawing needs neither a valid file nor a registry: it only takes authority away
+    source = catalogue.source if catalogue else path.stem
+    with open_ledger() as ledger:
+        record = revoke_catalogue(source=source, ledger=ledger, actor=actor(), approver=args.by, reason=args.reason,
+                                  catalogue=catalogue, registry=registry)
+    withdrawn = record.details_obj()["withdrawn"]
+    whose = f"{args.by}'s approvals" if args.by else "all approvals"
+    records = ", ".join(f"#{s}" for s in withdrawn) or "none counted"
+    print(f"withdrew {whose} of source catalogue {source} (records {records}): ledger record #{record.seq}. "
+          f"No contract reading {source} runs until its owner approves the catalogue again")
+    return 0
 
-    path = _contract_path(args.contract)
-    contract = load_contract(path)
+
+def _catalogue_status(args: argparse.Namespace, path: Path) -> int:
+    catalogue = load_catalogue(path)
     registry = _registry()
     with open_ledger() as ledger:
-        assessment = assess(contract, registry, ledger)
+        assessment = assess_catalogue(catalogue, registry, ledger)
+    reason = catalogue_refusal(catalogue, assessment)
+    if args.json:
+        print(json.dumps({
+            "catalogue": catalogue.source, "file": str(path), "owner": catalogue.owner,
+            "content_sha256": assessment.content_sha256, "approved": reason is None, "reason": reason,
+            "approvals": [{"seq": v.seq, "at": v.at, "approver": v.approver, "role": v.role,
+                           "fingerprint": v.fingerprint, "content_sha256": v.content_sha256, "counts": v.counts,
+                           "current": v.current, "problem": v.problem, "note": v.note} for v in assessment.approvals],
+        }, ensure_ascii=False, indent=2))
+        return 0 if reason is None else 1
+    print(f"source catalogue {catalogue.source}  {catalogue.title} (owner {catalogue.owner})")
+    print(f"  file:           {path}")
+    print(f"  content sha256: {assessment.content_sha256}")
+    print("  approvals:" + ("      none" if not assessment.approvals else ""))
+    for v in assessment.approvals:
+        verdict = ("COUNTS: approves the current content" if v.counts else
+                   f"does not count: {v.problem}" if v.problem else "does not count: approved other content")
+        print(f"    #{v.seq:<5} {v.at[:19]}Z  {v.approver} ({v.role}) key {v.fingerprint}\n           {verdict}")
+    print("  gate:           " + ("contracts reading this source may be authorised" if reason is None
+                                  else f"every contract reading this source is REFUSED: {reason}"))
+    return 0 if reason is None else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    catalogue_file = _catalogue_file(args.contract)
+    if catalogue_file is not None:
+        return _catalogue_status(args, catalogue_file)
+    path = contract_path(args.contract)
+    contract = load_contract(path)
+    registry = _registry()
+    catalogue: Catalogue | None = None
+    catalogue_reason: str | None = None
+    try:
+        catalogue = _catalogue(contract)
+    except ConfigError as exc:
+        catalogue_reason = f"its source catalogue is unusable: {exc}"
+    with open_ledger() as ledger:
+        assessment = assess(contract, registry, ledger, catalogue)
         history = registry_history(ledger)
+        if catalogue is not None:
+            catalogue_reason = catalogue_refusal(catalogue, assess_catalogue(catalogue, registry, ledger))
     today = dt.datetime.now(dt.UTC).date()
-    reason = date_refusal(contract, today) or refusal(contract, assessment)
+    reason = date_refusal(contract, today) or catalogue_reason or refusal(contract, assessment)
     latest = history[-1] if history else None
     recorded = latest is not None and latest.sha256 == registry.sha256
     if args.json:
@@ -124,9 +222,12 @@ def _status(args: argparse.Namespace) -> int:
             "authorised": reason is None, "reason": reason,
             "registry": {"file": str(registry.path), "sha256": registry.sha256,
                          "recorded_seq": latest.seq if recorded and latest else None},
+            "catalogue": None if catalogue is None else {"source": catalogue.source,
+                                                         "sha256": catalogue.content_sha256},
             "approvals": [{"seq": v.seq, "at": v.at, "actor": v.actor, "approver": v.approver, "role": v.role,
                            "fingerprint": v.fingerprint, "content_sha256": v.content_sha256, "counts": v.counts,
-                           "current": v.current, "problem": v.problem, "changes": list(v.changes), "note": v.note}
+                           "current": v.current, "problem": v.problem or v.catalogue_problem,
+                           "catalogue_sha256": v.catalogue_sha256, "changes": list(v.changes), "note": v.note}
                           for v in assessment.approvals],
         }, ensure_ascii=False, indent=2))
         return 0 if reason is None else 1
@@ -144,6 +245,8 @@ def _status(args: argparse.Namespace) -> int:
         last = f"#{latest.seq}" if latest is not None else "never"
         state = f"differs from the last recorded state ({last}); the next approve or run records it"
     print(f"  registry:       {registry.path} sha256 {registry.sha256[:16]}… ({state})")
+    if catalogue is not None:
+        print(f"  catalogue:      {catalogue.source} sha256 {catalogue.content_sha256[:16]}… (owner {catalogue.owner})")
     if not assessment.approvals:
         print("  approvals:      none")
     else:
@@ -154,6 +257,8 @@ def _status(args: argparse.Namespace) -> int:
             verdict = "COUNTS: approves the current content"
         elif v.problem:
             verdict = f"does not count: {v.problem}"
+        elif v.catalogue_problem:
+            verdict = f"does not count: {v.catalogue_problem}"
         else:
             verdict = "does not count: approved other content; changed since: " + "; ".join(v.changes)
         print(f"    {who}\n           {verdict}" + (f"\n           note: {v.note}" if v.note else ""))
@@ -165,19 +270,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _approvers(args: argparse.Namespace) -> int:
-    from authorisation.registry import ROLES
-
     if args.approvers_command == "new-key":
-        from authorisation.registry import NAME_PATTERN
-        from authorisation.sshsig import new_approver_key
-        from core.errors import ConfigError
-
         if args.role not in ROLES or not NAME_PATTERN.match(args.name):
             raise ConfigError(f"--role must be one of {', '.join(ROLES)} and --name letters, digits, '.', '_', "
                               "'-' or '@'", key="approvers new-key")
 
         private = Path(args.private)
-        public = new_approver_key(private, Path(str(private) + ".pub"), args.name)
+        public = approver_keys.new_approver_key(private, Path(str(private) + ".pub"), args.name)
         print(f"wrote {private} (0600, keep it private) and {private}.pub. Add to the registry "
               "(approvers.yaml):")
         print(f"  - name: {args.name}\n    role: {args.role}\n    key: \"{public.openssh} {args.name}\"")
@@ -192,9 +291,10 @@ def _approvers(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("approve", help="approve a contract's exact content with a registered approver's key")
-    p.add_argument("contract", help="contract id or path to its YAML file")
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("approve", help="approve a contract's (or a source catalogue's) exact content with a "
+                                              "registered approver's key")
+    p.add_argument("contract", help="contract id or path to its YAML file, or a source catalogue file")
     p.add_argument("--by", required=True, metavar="NAME", help="the approver's name in the registry")
     p.add_argument("--role", required=True, help="the approver's role (as registered)")
     p.add_argument("--note", help="free text recorded with the approval (no personal data)")
@@ -204,14 +304,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--signature", help="… and its signature by 'ssh-keygen -Y sign -n contract-extracts-approval'")
     p.set_defaults(func=_approve)
 
-    p = subparsers.add_parser("revoke", help="withdraw approvals of a contract (no signature needed)")
-    p.add_argument("contract", help="contract id or path to its YAML file")
+    p = subparsers.add_parser("revoke", help="withdraw approvals of a contract or catalogue (no signature needed)")
+    p.add_argument("contract", help="contract id or path to its YAML file, or a source catalogue file")
     p.add_argument("--by", metavar="NAME", help="withdraw only this approver's approvals (default: all)")
     p.add_argument("--reason", help="why (recorded)")
     p.set_defaults(func=_revoke)
 
     p = subparsers.add_parser("status", help="what is approved, by whom, and whether the file changed since")
-    p.add_argument("contract", help="contract id or path to its YAML file")
+    p.add_argument("contract", help="contract id or path to its YAML file, or a source catalogue file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)
 

@@ -15,19 +15,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from delivery.recipients import new_identity_file
+from delivery.signing import compare_command, fingerprint, new_signing_key
+from masking.keys import FileKeySource, KeySource, default_key_source, new_master_key_file
+
 
 def _new_master(args: argparse.Namespace) -> int:
-    from masking.keys import new_master_key_file
-
     master = new_master_key_file(Path(args.file))
     print(f"wrote master key {args.file} (mode 0600), key id {master.key_id}")
     return 0
 
 
 def _ids(args: argparse.Namespace) -> int:
-    from masking.keys import FileKeySource, default_key_source
-
-    source = FileKeySource(tuple(Path(f) for f in args.file), {}) if args.file else default_key_source()
+    source: KeySource = FileKeySource(tuple(Path(f) for f in args.file), {}) if args.file else default_key_source()
     keyring = source.load()
     try:
         current = keyring.current.key_id
@@ -40,8 +40,6 @@ def _ids(args: argparse.Namespace) -> int:
 
 
 def _new_recipient(args: argparse.Namespace) -> int:
-    from delivery.recipients import new_identity_file
-
     public = new_identity_file(Path(args.file))
     print(f"wrote age identity {args.file} (mode 0600); public key (give this to the sender):")
     print(public)
@@ -49,15 +47,15 @@ def _new_recipient(args: argparse.Namespace) -> int:
 
 
 def _new_signing(args: argparse.Namespace) -> int:
-    from delivery.signing import fingerprint, new_signing_key
-
-    public = new_signing_key(Path(args.private), Path(args.public))
-    print(f"wrote signing key {args.private} (mode 0600) and public key {args.public}; "
-          f"fingerprint {fingerprint(public)}")
+    public_path = Path(args.public)
+    openssh = public_path.with_name(public_path.name.removesuffix(".pub") + ".ssh.pub")
+    public = new_signing_key(Path(args.private), public_path, openssh)
+    print(f"wrote signing key {args.private} (mode 0600), public key {args.public} (PEM) and {openssh} (OpenSSH); "
+          f"fingerprint {fingerprint(public)} (recipients compare it with: {compare_command(str(openssh))})")
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("keys", help="generate and inspect keys (only public parts and ids are printed)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     keys = p.add_subparsers(dest="keys_command", required=True)

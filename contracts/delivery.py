@@ -23,6 +23,7 @@ import binascii
 import re
 from typing import Any, Literal
 
+import pyrage
 from pydantic import Field, field_validator, model_serializer, model_validator
 
 from contracts.base import CONN_ID, SLUG, Strict
@@ -75,8 +76,6 @@ class Recipient(Strict):
     def _age_key(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        import pyrage
-
         try:
             pyrage.x25519.Recipient.from_str(value)
         except Exception:
@@ -88,8 +87,6 @@ class Recipient(Strict):
     def _ssh_key(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        import pyrage
-
         value = value.strip()
         kind, blob = _ssh_blob(value)
         if kind not in SSH_KEY_TYPES:

@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_serializer, model_validator
 
-from contracts.base import COLUMN, NAME, Strict
+from contracts.base import COLUMN, NAME, Strict, real_words
+from contracts.column_treatments import Pseudonymise
 
 if TYPE_CHECKING:  # pragma: no cover
     from contracts.model import Contract
@@ -278,12 +279,10 @@ def disclosure_problems(contract: Contract) -> list[tuple[str, str]]:
     Only names columns, datasets and settings (never data). Used by the contract model's validator and,
     fail-closed, again by the disclosure stage.
     """
-    from contracts.treatments import Pseudonymise
-
     problems: list[tuple[str, str]] = []
     listed: dict[str, Any] = {}
-    for dataset in contract.datasets:
-        for column, treatment in dataset.columns.items():
+    for each in contract.datasets:
+        for column, treatment in each.columns.items():
             listed.setdefault(column, treatment)
     d = contract.disclosure
     if d is not None:
@@ -297,11 +296,11 @@ def disclosure_problems(contract: Contract) -> list[tuple[str, str]]:
             problems.append(("disclosure", f"pseudonymised columns cannot be key variables or sensitive "
                                            f"attributes: {', '.join(pseudonyms)}"))
         names = {ds.name: ds for ds in contract.datasets}
-        for dataset, columns in (d.source_identifiers or {}).items():
-            if dataset not in names:
-                problems.append((f"disclosure.source_identifiers.{dataset}", "is not a dataset of the contract"))
+        for dataset_name, columns in (d.source_identifiers or {}).items():
+            if dataset_name not in names:
+                problems.append((f"disclosure.source_identifiers.{dataset_name}", "is not a dataset of the contract"))
             elif not columns:
-                problems.append((f"disclosure.source_identifiers.{dataset}", "lists no column"))
+                problems.append((f"disclosure.source_identifiers.{dataset_name}", "lists no column"))
     names = {ds.name: ds for ds in contract.datasets}
     seen: set[str] = set()
     aggregates = contract_aggregates(contract)
@@ -338,6 +337,15 @@ def check_disclosure(contract: Contract) -> None:
 
 
 class Unmasked(Strict):
+    """A column given in clear: it needs a business requirement in words and two approvers, one an IAM."""
+
     dataset: str = Field(pattern=NAME)
     column: str = Field(pattern=COLUMN)
-    business_requirement: str = Field(min_length=10)
+    business_requirement: str = Field(min_length=10, max_length=2000)
+
+    @field_validator("business_requirement")
+    @classmethod
+    def _in_words(cls, value: str) -> str:
+        # The text is kept as written (the content hash covers it); only its substance is checked.
+        real_words(value, "the business requirement")
+        return value

@@ -38,7 +38,7 @@ class Partition(Strict):
     def _serialise(self, handler: Any) -> dict[str, Any]:
         # Options added later stay out of the canonical form while unset, so approvals of contracts
         # written before them still match.
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         if "column" not in self.model_fields_set:
             data.pop("column", None)
         if "rows_per_part" not in self.model_fields_set:

@@ -6,14 +6,15 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from contracts.model import Contract
-from contracts.treatments import TREATMENT_NAMES
+from contracts.column_treatments import TREATMENT_NAMES
+from contracts.model import DEFER_CHECKS, Contract
 from core.errors import ConfigError, ContractError
 
 MAX_CONTRACT_BYTES = 1 << 20
@@ -22,7 +23,7 @@ MAX_CONTRACT_BYTES = 1 << 20
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -39,8 +40,8 @@ def parse_yaml(text: str, file: str) -> Any:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 mark = event.start_mark
-                raise ContractError("YAML aliases (*name) are not allowed in contracts",
-                                    file=file, key=f"line {mark.line + 1}",
+                raise ContractError("YAML aliases (*name) are not allowed in configuration files",
+                                    file=file, key=f"line {mark.line + 1}" if mark is not None else None,
                                     fix="write the value out in full")
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader derives from SafeLoader
     except yaml.YAMLError as exc:
@@ -87,11 +88,39 @@ def load_contract(path: Path | str) -> Contract:
     return contract
 
 
-def contract_from_mapping(data: dict, file: str) -> Contract:
+def contract_from_mapping(data: dict[str, Any], file: str) -> Contract:
     try:
         return Contract.model_validate(data)
     except ValidationError as exc:
         raise _translate(exc, file) from None
+
+
+def contract_file_problems(path: Path | str) -> tuple[Contract | None, list[ContractError]]:
+    """Every problem of one contract file, not only the first: (the contract if it could be read, problems).
+
+    The contract is returned whenever its structure is valid, even with contract-wide problems, so a
+    caller can go on to check it against the source catalogue and the source.
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        data = read_yaml_file(path, kind="a contract")
+    except ContractError as exc:
+        return None, [exc]
+    if not isinstance(data, dict):
+        return None, [ContractError("the file must hold a YAML mapping (key: value lines)", file=file,
+                                    fix="start with 'contract: <id>' and the other keys of a contract")]
+    try:
+        contract = Contract.model_validate(data, context={DEFER_CHECKS: True})
+    except ValidationError as exc:
+        return None, translate_all(exc, file)
+    problems = [ContractError(message, file=file, key=key or "(contract)", fix=_value_fix(message))
+                for key, message in contract.model_problems()]
+    if path.suffix not in (".yaml", ".yml") or path.stem != contract.contract:
+        problems.append(ContractError(
+            f"file name does not match the contract id {contract.contract!r}", file=file, key="contract",
+            fix=f"rename the file to {contract.contract}.yaml or correct the id"))
+    return contract, problems
 
 
 def discover_contract_files(contracts_dir: Path) -> list[Path]:
@@ -102,7 +131,7 @@ def discover_contract_files(contracts_dir: Path) -> list[Path]:
                   if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith("."))
 
 
-def canonical_form(contract: Contract) -> dict:
+def canonical_form(contract: Contract) -> dict[str, Any]:
     """What an approval covers: every field's value, independent of YAML layout and comments.
 
     Mappings are hashed with sorted keys, except the columns of a dataset: their order is the order of
@@ -123,7 +152,23 @@ def content_hash(contract: Contract) -> str:
 # ---- error translation -------------------------------------------------------------------------
 
 def _translate(exc: ValidationError, file: str) -> ContractError:
-    err = exc.errors(include_url=False, include_input=False)[0]
+    return translate_error(exc.errors(include_url=False, include_input=False)[0], file)
+
+
+def translate_all(exc: ValidationError, file: str) -> list[ContractError]:
+    """Every error of a validation, each naming the file, the key and the fix (duplicates once)."""
+    out: list[ContractError] = []
+    seen: set[str] = set()
+    for err in exc.errors(include_url=False, include_input=False):
+        translated = translate_error(err, file)
+        if str(translated) not in seen:
+            seen.add(str(translated))
+            out.append(translated)
+    return out
+
+
+def translate_error(err: Any, file: str) -> ContractError:
+    """One pydantic error of a contract, as a ContractError naming the file, the key and the fix."""
     loc = list(err["loc"])
     kind = err["type"]
     # pydantic puts the discriminator tag in the location of tagged unions: drop it for readability.
@@ -183,6 +228,12 @@ def _pattern_hint(loc: list[Any]) -> str:
 def _value_fix(text: str) -> str:
     if "no treatment" in text:
         return "see docs/contracts.md for the treatments"
+    if "source catalogue" in text:
+        return "remove the key; the data owner classifies columns in the catalogue (docs/catalogue.md)"
+    if "system itself" in text:
+        return "read only tables of the source's own data, as its catalogue lists them (docs/catalogue.md)"
+    if "in words" in text:
+        return "write the reason as a sentence a reviewer can check"
     return "see docs/contracts.md"
 
 

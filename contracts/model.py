@@ -11,21 +11,26 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_serializer, model_validator
+from croniter import croniter
+from pydantic import Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from contracts.base import COLUMN as COLUMN
-from contracts.base import CONN_ID, CONTRACT_ID, NAME, TABLE, Strict
-from contracts.delivery import Delivery, Recipient
-from contracts.disclosure import Aggregate, Disclosure, Unmasked, check_disclosure
-from contracts.extraction import Incremental, Partition
-from contracts.treatments import (
+from contracts.base import CONN_ID, CONTRACT_ID, ENTITY, NAME, TABLE, Strict, is_system_table, real_words
+from contracts.column_treatments import (
     TREATMENT_NAMES,
     Sample,
     Treatment,
-    check_treatments,
+    treatment_problems,
 )
+from contracts.delivery import Delivery, Recipient
+from contracts.disclosure import Aggregate, Disclosure, Unmasked, disclosure_problems
+from contracts.extraction import Incremental, Partition
 
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
+
+#: Validation context key: collect the contract-wide problems (``model_problems``) instead of raising the
+#: first one, so ``contract-extracts check`` can report every problem of a file at once.
+DEFER_CHECKS = "defer_contract_checks"
 
 
 class SecurityAssurance(Strict):
@@ -77,12 +82,53 @@ class Condition(Strict):
         return [(name.rstrip("_"), getattr(self, name)) for name in self.model_fields_set]
 
 
+class Population(Strict):
+    """Whose records the contract delivers: the ``entity`` as the ``dataset``'s filter and sample select it.
+
+    Every other dataset whose table carries that entity (an ``identifier`` column of that entity in the
+    source catalogue) is restricted to it, a semi-join on the entity (docs/catalogue.md).
+    """
+
+    entity: str = Field(pattern=ENTITY)
+    dataset: str = Field(pattern=NAME)
+
+
 class Dataset(Strict):
     name: str = Field(pattern=NAME)
     table: str = Field(pattern=TABLE)
     filter: dict[Annotated[str, Field(pattern=COLUMN)], Condition] = Field(default_factory=dict)
     columns: dict[Annotated[str, Field(pattern=COLUMN)], Treatment]
     partition: Partition | None = None
+    without_population: str | None = Field(
+        default=None, max_length=2000,
+        description="why a dataset that does not carry the population's entity is needed (in words)")
+    population_by: str | None = Field(
+        default=None, pattern=COLUMN,
+        description="the column carrying the population's entity, when the table has several")
+
+    @field_validator("table")
+    @classmethod
+    def _not_a_system_table(cls, value: str) -> str:
+        if is_system_table(value):
+            raise ValueError(f"table {value!r} belongs to the database system itself (pg_catalog, "
+                             "information_schema, sqlite_master, mysql, …) and can never be read by a contract")
+        return value
+
+    @field_validator("without_population")
+    @classmethod
+    def _reason_in_words(cls, value: str | None) -> str | None:
+        if value is not None:
+            real_words(value, "without_population")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> dict[str, Any]:
+        # Unset population options stay out of the canonical form (content hashes of older contracts).
+        data: dict[str, Any] = handler(self)
+        for key in ("without_population", "population_by"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -98,7 +144,7 @@ class Dataset(Strict):
 
     @field_validator("columns")
     @classmethod
-    def _not_empty(cls, value: dict) -> dict:
+    def _not_empty(cls, value: dict[str, Treatment]) -> dict[str, Treatment]:
         if not value:
             raise ValueError("a dataset needs at least one column")
         return value
@@ -126,6 +172,7 @@ class Contract(Strict):
     key_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$",
                                description="pin the master key by its key id (default: the current key)")
     sample: Sample | None = None
+    population: Population | None = None
     datasets: list[Dataset] = Field(min_length=1)
     disclosure: Disclosure | None = None
     aggregates: list[Aggregate] | None = None  # tables with disclosure control (docs/disclosure.md)
@@ -140,8 +187,6 @@ class Contract(Strict):
     def _cron(cls, value: str | None) -> str | None:
         if value is None or value in CRON_PRESETS:
             return value
-        from croniter import croniter
-
         # Five fields only (no seconds field) and every field in range, as Airflow's timetable needs.
         if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError("not a valid cron expression (five fields in range, e.g. '0 2 * * *') or a preset "
@@ -149,31 +194,62 @@ class Contract(Strict):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> Contract:
+    def _consistent(self, info: ValidationInfo) -> Contract:
+        if info.context and info.context.get(DEFER_CHECKS):
+            return self  # the caller lists every problem with model_problems
+        problems = self.model_problems()
+        if problems:
+            key, message = problems[0]
+            raise ValueError(f"{key}: {message}" if key else message)
+        return self
+
+    def model_problems(self) -> list[tuple[str, str]]:
+        """(key, message) of every contract-wide problem: names, unmasked columns, disclosure, treatments."""
+        problems: list[tuple[str, str]] = []
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
-            raise ValueError("dataset names must be unique")
+            problems.append(("datasets", "dataset names must be unique"))
         recipient_names = [r.name for r in self.recipients]
         if len(set(recipient_names)) != len(recipient_names):
-            raise ValueError("recipient names must be unique")
+            problems.append(("recipients", "recipient names must be unique"))
         keys = [r.public_key for r in self.recipients]
         if len(set(keys)) != len(keys):
-            raise ValueError("two recipients share one key")
+            problems.append(("recipients", "two recipients share one key"))
         if len({r.format for r in self.recipients}) > 1:
-            raise ValueError("recipients mix age/ssh keys with OpenPGP keys; one delivery is one package in one "
-                             "format (docs/delivery.md): give all recipients age/ssh keys or all OpenPGP keys")
+            problems.append(("recipients", "recipients mix age/ssh keys with OpenPGP keys; one delivery is one "
+                             "package in one format (docs/delivery.md): give all recipients age/ssh keys or all "
+                             "OpenPGP keys"))
         by_name = {d.name: d for d in self.datasets}
-        for item in self.unmasked:
+        for i, item in enumerate(self.unmasked):
             if item.dataset not in by_name or item.column not in by_name[item.dataset].columns:
-                raise ValueError(f"unmasked column {item.dataset}.{item.column} is not a listed column")
-        check_disclosure(self)  # key variables, sensitive attributes, aggregates (names the key)
-        check_treatments(self)  # entities, free text, unmasked columns (contracts/treatments.py)
-        return self
+                problems.append((f"unmasked[{i}]", f"unmasked column {item.dataset}.{item.column} is not a listed "
+                                 "column"))
+        if self.population is None:
+            for i, dataset in enumerate(self.datasets):
+                if dataset.population_by is not None:
+                    problems.append((f"datasets[{i}].population_by", "names the column of a population, but the "
+                                     "contract names no population"))
+        else:
+            population = self.population
+            if population.dataset not in by_name:
+                problems.append(("population.dataset", f"{population.dataset!r} is not a dataset of the contract"))
+            elif by_name[population.dataset].without_population is not None:
+                problems.append((f"datasets[{names.index(population.dataset)}].without_population",
+                                 "the dataset that defines the population cannot be without it"))
+            if (self.sample is not None and self.sample.entity is not None
+                    and self.sample.entity != population.entity):
+                problems.append(("sample.entity", f"the sample draws {self.sample.entity!r} but the population is "
+                                 f"of {population.entity!r}; the sample must draw the population's entity"))
+        problems += disclosure_problems(self)  # key variables, sensitive attributes, aggregates
+        # Entities, date shifts, unmasked columns (contracts/column_treatments.py); the sample's entity is
+        # checked when the extract is planned (a contract may be written and approved in steps).
+        problems += [(p.key, f"{p.message}; {p.fix}") for p in treatment_problems(self, sample_checks=False)]
+        return problems
 
     @model_serializer(mode="wrap")
     def _serialise(self, handler: Any) -> dict[str, Any]:
         # Unset output options stay out of the canonical form: older contracts keep their content hash.
-        unset = ("aggregates", "microdata", "key_id")
+        unset = ("aggregates", "microdata", "key_id", "population")
         return {k: v for k, v in handler(self).items() if not (k in unset and v is None)}
 
     # ---- derived names ---------------------------------------------------------------------

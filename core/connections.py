@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import URL, make_url
@@ -27,7 +28,7 @@ _DRIVERS = {
 def mysql_driver() -> str:
     """``mysql+mysqldb`` when mysqlclient (C, the extract's fast path) imports, else ``mysql+pymysql``."""
     try:
-        import MySQLdb  # noqa: F401
+        import MySQLdb  # noqa: F401, PLC0415 - deferred: optional C driver, probed only to choose the dialect
     except ImportError:
         return "mysql+pymysql"
     return "mysql+mysqldb"
@@ -79,7 +80,7 @@ def uri_from_json(text: str, conn_id: str) -> str:
     return f"{conn_type}://{auth}{host}{port}{schema}{query}"
 
 
-def env_connection_url(conn_id: str, env: dict[str, str] | None = None) -> URL:
+def env_connection_url(conn_id: str, env: Mapping[str, str] | None = None) -> URL:
     """Resolve a connection id from ``AIRFLOW_CONN_<ID>`` (for the CLI and tests)."""
     env = os.environ if env is None else env
     name = "AIRFLOW_CONN_" + conn_id.upper().replace("-", "_").replace(".", "_")

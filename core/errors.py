@@ -6,6 +6,8 @@ turns foreign exceptions into ``StageFailed`` carrying only the exception's type
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ContractExtractsError(Exception):
     """Base class. The message must never contain a data value or a key."""
@@ -44,7 +46,7 @@ def value_free(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class KeyError_(ContractExtractsError):  # trailing underscore: do not shadow the builtin KeyError
+class KeyMaterialError(ContractExtractsError):
     """A key (master, signing, identity) is missing, malformed or badly protected."""
 
 
@@ -63,7 +65,7 @@ class DataError(ContractExtractsError):
 class ValidationFailed(ContractExtractsError):
     """The staged output failed its expectations: nothing is packaged or delivered."""
 
-    def __init__(self, message: str, failures: list[dict] | None = None) -> None:
+    def __init__(self, message: str, failures: list[dict[str, Any]] | None = None) -> None:
         self.failures = failures or []
         super().__init__(message)
 

@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from core.errors import KeyError_
+from core.errors import KeyMaterialError
 
 __all__ = ["check_private_file", "write_private_file"]
 
@@ -18,14 +18,14 @@ def check_private_file(path: Path, what: str) -> None:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise KeyError_(f"{what} file {path} does not exist") from None
+        raise KeyMaterialError(f"{what} file {path} does not exist") from None
     except OSError as exc:
-        raise KeyError_(f"{what} file {path} cannot be read ({exc.strerror})") from None
+        raise KeyMaterialError(f"{what} file {path} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise KeyError_(f"{what} file {path} is not a regular file")
+        raise KeyMaterialError(f"{what} file {path} is not a regular file")
     if st.st_mode & 0o077:
-        raise KeyError_(f"{what} file {path} has permissions {stat.S_IMODE(st.st_mode):04o}; "
-                        f"it must be readable by its owner only. Fix: chmod 600 {path}")
+        raise KeyMaterialError(f"{what} file {path} has permissions {stat.S_IMODE(st.st_mode):04o}; "
+                               f"it must be readable by its owner only. Fix: chmod 600 {path}")
 
 
 def write_private_file(path: Path, content: bytes) -> None:
@@ -34,8 +34,8 @@ def write_private_file(path: Path, content: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise KeyError_(f"{path} already exists; refusing to overwrite a key file. Fix: choose a new "
-                        "file name or move the old file away deliberately") from None
+        raise KeyMaterialError(f"{path} already exists; refusing to overwrite a key file. Fix: choose a new "
+                               "file name or move the old file away deliberately") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(content)
         fh.flush()

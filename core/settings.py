@@ -8,7 +8,7 @@ CONTRACT_EXTRACTS_STAGING_DIR  private plaintext staging root (default $HOME/sta
 CONTRACT_EXTRACTS_DROP_DIR     local drop folder root (default $HOME/drop)
 CONTRACT_EXTRACTS_LEDGER_URL   SQLAlchemy URL of the audit ledger (default sqlite:///$HOME/ledger.sqlite)
 CONTRACT_EXTRACTS_BATCH_ROWS   rows per Arrow record batch (default 65536)
-CONTRACT_EXTRACTS_LEDGER_KEY_FILE  0600 file with the ledger's HMAC key (keyed mode; see audit.keys)
+CONTRACT_EXTRACTS_LEDGER_KEY_FILE  0600 file with the ledger's HMAC key (keyed mode; see audit.opening)
 CONTRACT_EXTRACTS_PSQL         psql client for the fast PostgreSQL route, or "off" (read by extract.postgres)
 """
 

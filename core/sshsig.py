@@ -46,7 +46,8 @@ class _Reader:
         return out
 
     def uint32(self) -> int:
-        return struct.unpack(">I", self.raw(4))[0]
+        (value,) = struct.unpack(">I", self.raw(4))
+        return int(value)
 
     def string(self) -> bytes:
         return self.raw(self.uint32())
@@ -64,6 +65,33 @@ def key_blob(public: Ed25519PublicKey) -> bytes:
 def openssh_line(public: Ed25519PublicKey, comment: str = "") -> str:
     """``ssh-ed25519 AAAA… [comment]``."""
     return f"{KEY_TYPE} {base64.b64encode(key_blob(public)).decode('ascii')} {comment}".strip()
+
+
+def fingerprint(public: Ed25519PublicKey) -> str:
+    """``SHA256:<base64, no padding>`` of the key blob: exactly what ``ssh-keygen -lf key.pub`` prints."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key_blob(public)).digest()).decode("ascii").rstrip("=")
+
+
+def parse_openssh_line(line: str) -> Ed25519PublicKey:
+    """The Ed25519 key of an ``ssh-ed25519 AAAA… [comment]`` line; VerificationError for anything else."""
+    parts = line.split()
+    if len(parts) < 2 or parts[0] != KEY_TYPE:
+        raise VerificationError("not an OpenSSH Ed25519 public key line (expected 'ssh-ed25519 AAAA…')")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise VerificationError("OpenSSH public key is not valid base64") from None
+    return _key_from_blob(blob)
+
+
+def _key_from_blob(blob: bytes) -> Ed25519PublicKey:
+    r = _Reader(blob)
+    if r.string() != KEY_TYPE.encode():
+        raise VerificationError("key is not an Ed25519 key")
+    raw = r.string()
+    if not r.done() or len(raw) != 32:
+        raise VerificationError("Ed25519 key blob is malformed")
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def _signed_data(namespace: str, hash_alg: str, message: bytes) -> bytes:
@@ -100,6 +128,15 @@ def _unarmor(text: str) -> bytes:
         return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise VerificationError("SSH signature armour is not valid base64") from None
+
+
+def signer_public_key(signature_text: str) -> Ed25519PublicKey:
+    """The public key an armoured SSHSIG signature names as its signer (not yet a proof of anything:
+    ``verify`` with this key, and compare its fingerprint with the one you pinned)."""
+    r = _Reader(_unarmor(signature_text))
+    if r.raw(6) != _MAGIC or r.uint32() != _VERSION:
+        raise VerificationError("not an SSHSIG signature (bad magic or version)")
+    return _key_from_blob(r.string())
 
 
 def verify(signature_text: str, message: bytes, expected: Ed25519PublicKey, namespace: str) -> None:

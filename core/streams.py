@@ -11,13 +11,19 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import pyarrow as pa
 
 T = TypeVar("T")
 
-_DONE = object()
+
+
+class _Done:
+    """The last entry of a channel: nothing follows."""
+
+
+_DONE = _Done()
 _POLL_SECONDS = 0.1
 
 
@@ -28,10 +34,10 @@ def prefetched(items: Iterator[T], depth: int = 2, *, name: str = "prefetch") ->
     (or fails), the producer stops and its iterator is closed in its own thread (so its ``finally``
     clauses, e.g. ending a child process or a transaction, run before this generator returns).
     """
-    channel: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    channel: queue.Queue[tuple[BaseException | None, T | _Done]] = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
-    def put(entry: tuple) -> bool:
+    def put(entry: tuple[BaseException | None, T | _Done]) -> bool:
         while not stop.is_set():
             try:
                 channel.put(entry, timeout=_POLL_SECONDS)
@@ -47,7 +53,7 @@ def prefetched(items: Iterator[T], depth: int = 2, *, name: str = "prefetch") ->
                     return
             put((None, _DONE))
         except BaseException as exc:  # handed to the consumer as it is
-            put((exc, None))
+            put((exc, _DONE))
         finally:
             close = getattr(items, "close", None)
             if close is not None:
@@ -60,7 +66,7 @@ def prefetched(items: Iterator[T], depth: int = 2, *, name: str = "prefetch") ->
             error, item = channel.get()
             if error is not None:
                 raise error
-            if item is _DONE:
+            if isinstance(item, _Done):
                 return
             yield item
     finally:
@@ -68,12 +74,12 @@ def prefetched(items: Iterator[T], depth: int = 2, *, name: str = "prefetch") ->
         thread.join()
 
 
-class Drain:
+class Drain(Generic[T]):
     """Hand items to ``sink`` in a background thread, in order; errors surface on the next call or ``close``."""
 
     def __init__(self, sink: Callable[[T], None], depth: int = 2, *, name: str = "drain") -> None:
         self._sink = sink
-        self._channel: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._channel: queue.Queue[T | _Done] = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -81,7 +87,7 @@ class Drain:
     def _run(self) -> None:
         while True:
             item = self._channel.get()
-            if item is _DONE:
+            if isinstance(item, _Done):
                 return
             if self._error is None:
                 try:

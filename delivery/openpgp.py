@@ -16,10 +16,12 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import ConfigError, DeliveryError, KeyError_
+import gnupg
+
+from core.errors import ConfigError, DeliveryError, KeyMaterialError
 from core.paths import make_private_dir, within
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: delivery/ needs no contract model at run time
     from contracts.delivery import Recipient
 
 GPG_BINARY = "gpg"
@@ -41,8 +43,6 @@ def key_text(recipient: Recipient, key_dir: Path) -> str:
 
 def encrypt_openpgp(plain: Path, out: Path, recipients: list[Recipient], *, key_dir: Path,
                     work_dir: Path) -> None:
-    import gnupg
-
     home = make_private_dir(work_dir / f".gnupg-{secrets.token_hex(4)}")
     try:
         gpg = gnupg.GPG(gpgbinary=GPG_BINARY, gnupghome=str(home))
@@ -51,10 +51,10 @@ def encrypt_openpgp(plain: Path, out: Path, recipients: list[Recipient], *, key_
             fpr = recipient.fingerprint or ""
             imported = gpg.import_keys(key_text(recipient, key_dir))
             if fpr not in {f.upper() for f in (imported.fingerprints or [])}:
-                raise KeyError_(f"the OpenPGP key of recipient {recipient.name} does not hold the pinned "
-                                f"fingerprint {fpr}; the key was changed or replaced. Fix: restore the "
-                                "approved key, or change the contract's key and fingerprint and get it "
-                                "approved again")
+                raise KeyMaterialError(f"the OpenPGP key of recipient {recipient.name} does not hold the pinned "
+                                       f"fingerprint {fpr}; the key was changed or replaced. Fix: restore the "
+                                       "approved key, or change the contract's key and fingerprint and get it "
+                                       "approved again")
             _check_usable(gpg, recipient.name, fpr)
             fingerprints.append(fpr)
         result = gpg.encrypt_file(str(plain), fingerprints, output=str(out), armor=False, always_trust=True,
@@ -66,18 +66,18 @@ def encrypt_openpgp(plain: Path, out: Path, recipients: list[Recipient], *, key_
         _remove_home(home)
 
 
-def _check_usable(gpg, name: str, fpr: str) -> None:
+def _check_usable(gpg: gnupg.GPG, name: str, fpr: str) -> None:
     keys = [k for k in gpg.list_keys(keys=[fpr]) if k.get("fingerprint", "").upper() == fpr]
     if not keys:
-        raise KeyError_(f"the OpenPGP key of recipient {name} ({fpr}) was not imported")
+        raise KeyMaterialError(f"the OpenPGP key of recipient {name} ({fpr}) was not imported")
     key = keys[0]
     validity = key.get("trust", "")
     if validity == "r":
-        raise KeyError_(f"the OpenPGP key of recipient {name} ({fpr}) is revoked")
+        raise KeyMaterialError(f"the OpenPGP key of recipient {name} ({fpr}) is revoked")
     if validity == "e":
-        raise KeyError_(f"the OpenPGP key of recipient {name} ({fpr}) has expired")
+        raise KeyMaterialError(f"the OpenPGP key of recipient {name} ({fpr}) has expired")
     if "E" not in key.get("cap", ""):
-        raise KeyError_(f"the OpenPGP key of recipient {name} ({fpr}) has no usable encryption (sub)key")
+        raise KeyMaterialError(f"the OpenPGP key of recipient {name} ({fpr}) has no usable encryption (sub)key")
 
 
 def _remove_home(home: Path) -> None:

@@ -19,6 +19,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,7 +28,9 @@ from core.errors import DeliveryError
 from delivery.recipients import parse_recipients
 from delivery.signing import SSHSIG_NAMESPACE, ssh_sign
 
-PACKAGE_FORMAT = "contract-extracts/package/v1"
+PACKAGE_FORMAT = "contract-extracts/package/v2"
+"""v2: the sender key is named by its OpenSSH fingerprint (``SHA256:…``) and the manifest carries the audit
+ledger's head (``ledger``: seq and hash). v1 packages still verify (delivery.verify.ACCEPTED_FORMATS)."""
 CHUNK = 1 << 20
 CHECKSUMS = "SHA256SUMS"
 SUFFIXES = {"age": ".tar.age", "openpgp": ".tar.gpg"}
@@ -40,7 +43,7 @@ class PackageFile:
     arcname: str
     path: Path
     rows: int | None = None
-    schema: tuple[dict, ...] | None = None
+    schema: tuple[dict[str, Any], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,12 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def file_entries(files: list[PackageFile]) -> list[dict]:
+def file_entries(files: list[PackageFile]) -> list[dict[str, Any]]:
     """Manifest entries: path, bytes, sha256, and rows/schema for data files."""
     entries = []
     for f in files:
         sha, size = sha256_file(f.path)
-        entry: dict = {"path": f.arcname, "bytes": size, "sha256": sha}
+        entry: dict[str, Any] = {"path": f.arcname, "bytes": size, "sha256": sha}
         if f.rows is not None:
             entry["rows"] = f.rows
         if f.schema is not None:
@@ -94,7 +97,7 @@ def checksums_file(staging_dir: Path, files: list[PackageFile]) -> PackageFile:
     return PackageFile(arcname=CHECKSUMS, path=path)
 
 
-def manifest_bytes(manifest: dict) -> bytes:
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -113,7 +116,7 @@ def age_encryptor(recipients: list[str]) -> Encryptor:
     return encrypt
 
 
-def build_package(*, staging_dir: Path, name: str, manifest: dict, files: list[PackageFile],
+def build_package(*, staging_dir: Path, name: str, manifest: dict[str, Any], files: list[PackageFile],
                   signing_key: Ed25519PrivateKey, recipients: list[str] | None = None, created_epoch: int,
                   encrypt: Encryptor | None = None, ssh_signature: bool = False) -> BuiltPackage:
     """Write ``staging_dir/name`` (encrypted). ``manifest`` must already list ``files`` (file_entries).

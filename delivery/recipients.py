@@ -14,14 +14,14 @@ import datetime as dt
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyrage
 
-from core.errors import ConfigError, KeyError_, VerificationError
+from core.errors import ConfigError, KeyMaterialError, VerificationError
 from core.keyfiles import write_private_file
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: the recipient side (verify) loads no contract model
     from contracts.delivery import Recipient
 
 _SSH_PRIVATE_HEADERS = ("-----BEGIN OPENSSH PRIVATE KEY-----", "-----BEGIN RSA PRIVATE KEY-----")
@@ -48,7 +48,7 @@ def fingerprint_of(recipient: Recipient) -> str:
     return f"openpgp:{recipient.fingerprint}"
 
 
-def manifest_recipients(recipients: Iterable[Recipient]) -> list[dict]:
+def manifest_recipients(recipients: Iterable[Recipient]) -> list[dict[str, str]]:
     return [{"name": r.name, "fingerprint": fingerprint_of(r)} for r in recipients]
 
 
@@ -73,7 +73,7 @@ def new_identity_file(path: Path) -> str:
     return public
 
 
-def load_identities(path: Path) -> list:
+def load_identities(path: Path) -> list[Any]:
     """Read an age identity file (age-keygen format) or an unencrypted OpenSSH private key (ed25519, rsa)."""
     try:
         raw = path.read_bytes()
@@ -87,7 +87,7 @@ def load_identities(path: Path) -> list:
             raise VerificationError(f"identity file {path} is an SSH private key that age cannot use "
                                     "(passphrase-protected keys are not supported: decrypt with the age "
                                     "CLI, which asks for the passphrase)") from None
-    identities = []
+    identities: list[Any] = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -101,9 +101,9 @@ def load_identities(path: Path) -> list:
     return identities
 
 
-def parse_recipients(keys: list[str]) -> list:
+def parse_recipients(keys: list[str]) -> list[Any]:
     """age recipients from key strings: ``age1…`` (X25519) or OpenSSH public key lines."""
-    out = []
+    out: list[Any] = []
     for key in keys:
         try:
             if key.startswith("ssh-"):
@@ -111,9 +111,9 @@ def parse_recipients(keys: list[str]) -> list:
             else:
                 out.append(pyrage.x25519.Recipient.from_str(key))
         except Exception:
-            raise KeyError_("a recipient key is not a valid age X25519 or OpenSSH public key") from None
+            raise KeyMaterialError("a recipient key is not a valid age X25519 or OpenSSH public key") from None
     return out
 
 
 def age_recipient_keys(recipients: Iterable[Recipient]) -> list[str]:
-    return [r.age if r.kind == "age" else (r.ssh or "") for r in recipients if r.format == "age"]
+    return [(r.age if r.kind == "age" else r.ssh) or "" for r in recipients if r.format == "age"]

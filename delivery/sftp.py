@@ -48,12 +48,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import paramiko
 
-from core.errors import ConfigError, DeliveryError
+from core.errors import ConfigError, DeliveryError, value_free
 from core.paths import safe_segment, within
 from delivery.package import CHUNK
 
@@ -185,7 +185,7 @@ def endpoint_from_connection(conn_id: str, *, conn_type: str | None, host: str |
                         timeout=timeout)
 
 
-def _pinned_host_keys(extra: dict, name: str, key: str, config_dir: Path | None) -> list[paramiko.PKey]:
+def _pinned_host_keys(extra: Mapping[str, Any], name: str, key: str, config_dir: Path | None) -> list[paramiko.PKey]:
     keys: list[paramiko.PKey] = []
     value = extra.get("host_key")
     if value:
@@ -220,7 +220,7 @@ def _parse_host_key(value: str, key: str) -> paramiko.PKey:
                           fix="use 'ssh-ed25519 AAAA…' as printed by ssh-keyscan (without the host name)") from None
 
 
-def _private_key(extra: dict, key: str, config_dir: Path | None) -> paramiko.PKey | None:
+def _private_key(extra: Mapping[str, Any], key: str, config_dir: Path | None) -> paramiko.PKey | None:
     passphrase = extra.get("private_key_passphrase") or None
     if extra.get("private_key") and extra.get("key_file"):
         raise ConfigError("sets both key_file and private_key", key=key, fix="keep one of them")
@@ -281,15 +281,15 @@ def env_sftp_endpoint(conn_id: str, env: Mapping[str, str] | None = None,
                 raise ValueError
         except ValueError:
             raise ConfigError("is not valid connection JSON", key=key, fix="check the JSON syntax") from None
-        extra = data.get("extra") or {}
-        if isinstance(extra, str):
+        json_extra = data.get("extra") or {}
+        if isinstance(json_extra, str):
             try:
-                extra = json.loads(extra)
+                json_extra = json.loads(json_extra)
             except ValueError:
                 raise ConfigError("has extra that is not JSON", key=key, fix="give extra as an object") from None
         return endpoint_from_connection(conn_id, conn_type=data.get("conn_type"), host=data.get("host"),
                                         port=data.get("port"), login=data.get("login"),
-                                        password=data.get("password"), extra=extra, config_dir=config_dir)
+                                        password=data.get("password"), extra=json_extra, config_dir=config_dir)
     parts = urlsplit(value)
     if not parts.scheme or not parts.hostname:
         raise ConfigError("is neither a URI nor Airflow connection JSON", key=key,
@@ -316,11 +316,11 @@ def env_sftp_endpoint(conn_id: str, env: Mapping[str, str] | None = None,
 # ---- connecting ---------------------------------------------------------------------------------------
 
 
-class _RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):
+class _RefuseUnknownHostKey(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko is untyped
     def __init__(self, endpoint: SFTPEndpoint) -> None:
         self.endpoint = endpoint
 
-    def missing_host_key(self, client, hostname, key) -> None:
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         raise HostKeyRejected(
             f"SFTP server {self.endpoint.address} ({self.endpoint.conn_id}) offered host key "
             f"{key.get_name()} {key_fingerprint(key)}, which is not pinned (pinned: "
@@ -346,6 +346,8 @@ class Session:
 
 
 Connect = Callable[[SFTPEndpoint], Session]
+Progress = Callable[[Session, int], None]
+"""``progress(session, bytes_sent)``, called after every chunk written."""
 
 
 def connect(endpoint: SFTPEndpoint) -> Session:
@@ -389,7 +391,7 @@ def connect(endpoint: SFTPEndpoint) -> Session:
 def _describe(exc: BaseException) -> str:
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     text = re.sub(r"\s+", " ", text)[:160]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"{value_free(exc)}: {text}" if text else value_free(exc)
 
 
 # ---- the upload -----------------------------------------------------------------------------------------
@@ -403,7 +405,7 @@ class RetryPolicy:
     sleep: Callable[[float], None] = time.sleep
 
     def delay(self, attempt: int) -> float:
-        value = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        value = min(self.max_delay, self.base_delay * (2.0 ** (attempt - 1)))
         return value * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
 
 
@@ -426,7 +428,7 @@ def remote_folder(root: str, segments: list[str]) -> str:
 
 def deliver_sftp(package: Path, *, endpoint: SFTPEndpoint, segments: list[str], expected_sha256: str,
                  policy: RetryPolicy | None = None, connector: Connect = connect,
-                 progress: Callable[[Session, int], None] | None = None,
+                 progress: Progress | None = None,
                  log: Callable[[str], None] | None = None) -> SFTPReceipt:
     """Upload ``package`` into ``root/segments`` atomically and exactly once (see the module doc)."""
     safe_segment(package.name, "package name")
@@ -452,7 +454,7 @@ def deliver_sftp(package: Path, *, endpoint: SFTPEndpoint, segments: list[str], 
 
 
 def _attempt(package: Path, size: int, endpoint: SFTPEndpoint, segments: list[str], expected: str,
-             connector: Connect, progress, attempt: int) -> SFTPReceipt:
+             connector: Connect, progress: Progress | None, attempt: int) -> SFTPReceipt:
     session = connector(endpoint)
     tmp: str | None = None
     try:
@@ -506,7 +508,7 @@ def _folder(session: Session, endpoint: SFTPEndpoint, segments: list[str]) -> st
     if not stat.S_ISDIR(st.st_mode or 0):
         raise RemotePathError(f"delivery path {target} on {endpoint.address} is not a folder")
     try:
-        real = sftp.normalize(target)
+        real: str = sftp.normalize(target)
     except OSError as exc:
         _raise_remote(session, exc, f"resolving {target}")
     if real != root_real and not real.startswith(root_real.rstrip("/") + "/"):
@@ -522,7 +524,6 @@ def _stat(session: Session, path: str, doing: str) -> paramiko.SFTPAttributes | 
         return None
     except OSError as exc:
         _raise_remote(session, exc, doing)
-    return None  # pragma: no cover - _raise_remote always raises
 
 
 def _existing(session: Session, final: str, expected: str, size: int) -> int | None:
@@ -537,7 +538,8 @@ def _existing(session: Session, final: str, expected: str, size: int) -> int | N
                           "needs a new delivery id")
 
 
-def _remove_stale(session: Session, folder: str, name: str) -> None:
+def _remove_stale(session: Session, folder: str, name: str) -> int:
+    """Remove our ``.<name>.partial-*`` files in ``folder``; return how many there were."""
     prefix = f".{name}{PARTIAL}"
     try:
         stale = [n for n in session.sftp.listdir(folder) if n.startswith(prefix)]
@@ -550,9 +552,10 @@ def _remove_stale(session: Session, folder: str, name: str) -> None:
             pass
         except OSError as exc:
             _raise_remote(session, exc, f"removing a stale partial upload in {folder}")
+    return len(stale)
 
 
-def _upload(session: Session, package: Path, tmp: str, progress) -> None:
+def _upload(session: Session, package: Path, tmp: str, progress: Progress | None) -> None:
     sent = 0
     out = None
     try:
@@ -609,7 +612,7 @@ def _remote_sha256(session: Session, path: str) -> str:
 
 
 def _raise_remote(session: Session, exc: BaseException, doing: str, *, write: bool = False,
-                  missing: DeliveryError | None = None) -> None:
+                  missing: DeliveryError | None = None) -> NoReturn:
     """Classify a failure: a dead connection is transient; an SFTP status from a live server is terminal."""
     if not session.alive or isinstance(exc, (EOFError, socket.timeout, TimeoutError, ConnectionError)) \
             or (isinstance(exc, paramiko.SSHException) and not isinstance(exc, paramiko.SFTPError)):
@@ -626,3 +629,39 @@ def _raise_remote(session: Session, exc: BaseException, doing: str, *, write: bo
     raise TransportError(f"the SFTP server failed while {doing}: {_describe(exc)}") from None
 
 
+
+
+# ---- reconciliation (pipeline.recovery) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteState:
+    """What is at a package's destination: the final path, the sha256 of a file there (None: nothing), and
+    how many of our ``.<name>.partial-*`` leftovers were removed."""
+
+    path: str
+    sha256: str | None
+    partials_removed: int
+
+
+def inspect_destination(endpoint: SFTPEndpoint, segments: list[str], name: str, *,
+                        remove_partials: bool = True, connector: Connect = connect) -> RemoteState:
+    """Look at a package's final name and remove its partial uploads (after a killed or abandoned delivery)."""
+    safe_segment(name, "package name")
+    try:
+        session = connector(endpoint)
+    except _Transient as exc:
+        raise TransportUnavailable(f"SFTP server {endpoint.address} ({endpoint.conn_id}) is unreachable: "
+                                   f"{exc.reason}") from None
+    try:
+        try:
+            folder = _folder(session, endpoint, segments)
+            final = f"{folder}/{name}"
+            st = _stat(session, final, f"checking {final}")
+            sha = _remote_sha256(session, final) if st is not None else None
+            removed = _remove_stale(session, folder, name) if remove_partials else 0
+        except _Transient as exc:
+            raise TransportUnavailable(f"SFTP server {endpoint.address} ({endpoint.conn_id}): {exc.reason}") from None
+        return RemoteState(path=final, sha256=sha, partials_removed=removed)
+    finally:
+        session.close()

@@ -7,6 +7,7 @@ Everything lives in the state folder ($CONTRACT_EXTRACTS_HOME, default ./.state)
     demo/configs/contracts/*.yaml             the demo contracts with those identities as recipients
     keys/demo-approver (0600), .pub           the demo approver's OpenSSH Ed25519 key
     demo/configs/approvers.yaml               the approver registry with the demo approver's public key
+    demo/configs/sources/demo_claims.yaml     the demo source's catalogue (a copy of configs/sources/)
     airflow/                                  AIRFLOW_HOME (SQLite metadata)
     drop/<contractor>/                        delivered packages
     ledger.sqlite                             the audit ledger
@@ -19,14 +20,33 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import yaml
+
+from audit.ledger import Ledger, VerifyResult
+from audit.opening import ensure_ledger_key, open_ledger
+from authorisation.approvals import approve, assess
+from authorisation.approver_keys import ApproverKey, load_private_key, new_approver_key
+from authorisation.catalogue_approvals import approve_catalogue, assess_catalogue
+from authorisation.registry import load_registry
+from contracts.catalogue import SOURCES_DIR, load_catalogue, load_catalogue_for
 from contracts.loading import (
     contract_from_mapping,
     discover_contract_files,
     load_contract,
     parse_yaml,
 )
+from contracts.model import Contract
 from core.settings import load_settings
+from delivery.recipients import load_identities, new_identity_file
+from delivery.signing import compare_command, fingerprint, load_public_key, new_signing_key, ssh_public_line
+from delivery.trust import add_to_store, identity_store
+from demo.synthetic import write_demo_source
+from masking.keys import new_master_key_file
+
+DeliverySummary = dict[str, Any]
+"""What the ledger says of one demo delivery (delivery id, records, blocked reason, package, recipients)."""
 
 DEMO_PREFIX = "C-DEMO-"
 
@@ -44,9 +64,6 @@ def repo_root() -> Path:
 
 
 def ensure_keys(home: Path) -> dict[str, Path]:
-    from delivery.signing import new_signing_key
-    from masking.keys import new_master_key_file
-
     keys_dir = home / "keys"
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     master = keys_dir / "master.key"
@@ -54,17 +71,24 @@ def ensure_keys(home: Path) -> dict[str, Path]:
     public = keys_dir / "sender-signing.pub"
     if not master.exists():
         new_master_key_file(master)
+    openssh = keys_dir / "sender-signing.ssh.pub"
     if not signing.exists():
-        new_signing_key(signing, public)
-    return {"master": master, "signing": signing, "public": public}
+        new_signing_key(signing, public, openssh)
+    elif not openssh.exists():  # a state folder from before the OpenSSH form was written
+        openssh.write_text(ssh_public_line(load_public_key(public)) + "\n", encoding="ascii")
+    return {"master": master, "signing": signing, "public": public, "openssh": openssh}
+
+
+def trust_sender_beside(identities: list[Path], openssh: Path) -> None:
+    """Give each demo recipient the sender's key in its trust store (``<identity>.senders``), as a real
+    recipient would after comparing the fingerprint: ``decrypt`` then verifies without ``--sender-key``."""
+    public = load_public_key(openssh)
+    for identity in identities:
+        add_to_store(identity_store(identity), public)
 
 
 def render_demo_contracts(template_dir: Path, out_dir: Path, identities_dir: Path) -> list[Path]:
     """Copy the demo contracts, swapping each recipient's key for a locally generated demo identity."""
-    import yaml
-
-    from delivery.recipients import new_identity_file
-
     out_dir.mkdir(parents=True, exist_ok=True)
     identities_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     rendered = []
@@ -96,11 +120,6 @@ def render_demo_approvers(template: Path, out: Path, keys_dir: Path) -> Path:
 
     Other entries are copied with their key files inlined, so the rendered registry stands alone.
     """
-    import yaml
-
-    from authorisation.registry import load_registry
-    from authorisation.sshsig import ApproverKey, load_private_key, new_approver_key
-
     private = keys_dir / DEMO_APPROVER
     if not private.exists():
         keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -118,37 +137,59 @@ def render_demo_approvers(template: Path, out: Path, keys_dir: Path) -> Path:
     return private
 
 
-def approve_demo_contracts(contracts: list[Path], registry_file: Path, private: Path, ledger) -> None:
-    """Approve each demo contract's current content as the demo approver, visibly (skip what already counts)."""
-    from authorisation.approvals import approve, assess
-    from authorisation.registry import load_registry
-    from authorisation.sshsig import load_private_key
+def render_demo_catalogues(template_dir: Path, out_dir: Path) -> list[Path]:
+    """Copy the source catalogues (``configs/sources/*.yaml``) into the demo's configuration folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rendered = []
+    for template in sorted(template_dir.glob("*.yaml")):
+        target = out_dir / template.name
+        target.write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+        load_catalogue(target)
+        rendered.append(target)
+    return rendered
 
+
+def approve_demo_contracts(contracts: list[Path], registry_file: Path, private: Path, ledger: Ledger) -> None:
+    """Approve the demo source's catalogue, then each demo contract's current content against it, as the demo
+    approver, visibly (skip what already counts)."""
     registry = load_registry(registry_file)
     approver = registry.get(DEMO_APPROVER)
     if approver is None:
         raise SystemExit(f"{registry_file} lists no {DEMO_APPROVER}; the demo cannot approve its contracts")
-    print(f"approving the demo contracts as {approver.name} ({approver.role_title}, key {approver.fingerprint}; "
-          f"registry {registry_file}) ...", flush=True)
+    print(f"approving the demo catalogue and contracts as {approver.name} ({approver.role_title}, key "
+          f"{approver.fingerprint}; registry {registry_file}) ...", flush=True)
     key = load_private_key(private)
+    approved: set[str] = set()
     for path in contracts:
         contract = load_contract(path)
-        counting = [v for v in assess(contract, registry, ledger).counting if v.approver == approver.name]
+        catalogue, catalogue_file = load_catalogue_for(contract, registry_file.parent)
+        if catalogue.source not in approved:
+            approved.add(catalogue.source)
+            current = assess_catalogue(catalogue, registry, ledger).counting
+            if current:
+                print(f"  catalogue {catalogue.source}: content sha256 {catalogue.content_sha256[:16]}… already "
+                      f"approved by its owner (ledger record #{current[0].seq})")
+            else:
+                record = approve_catalogue(catalogue=catalogue, registry=registry, ledger=ledger,
+                                           approver=approver.name, role=approver.role, actor=f"demo:{approver.name}",
+                                           note="approved by make demo", private_key=key,
+                                           catalogue_file=catalogue_file)
+                print(f"  catalogue {catalogue.source}: content sha256 {catalogue.content_sha256[:16]}… approved by "
+                      f"its owner {approver.name}, signature recorded as ledger record #{record.seq}")
+        counting = [v for v in assess(contract, registry, ledger, catalogue).counting if v.approver == approver.name]
         if counting:
             print(f"  {contract.contract}: content sha256 {counting[0].content_sha256[:16]}… already approved by "
                   f"{approver.name} (ledger record #{counting[0].seq})")
             continue
-        record = approve(contract=contract, registry=registry, ledger=ledger, approver=approver.name,
-                         role=approver.role, actor=f"demo:{approver.name}", note="approved by make demo",
-                         private_key=key, contract_file=path)
+        record = approve(contract=contract, catalogue=catalogue, registry=registry, ledger=ledger,
+                         approver=approver.name, role=approver.role, actor=f"demo:{approver.name}",
+                         note="approved by make demo", private_key=key, contract_file=path)
         print(f"  {contract.contract}: content sha256 {record.details_obj()['content_sha256'][:16]}… approved by "
               f"{approver.name} ({approver.role_title}), signature recorded as ledger record #{record.seq}")
     print(f"  (see: contract-extracts status <contract> with CONTRACT_EXTRACTS_CONFIG_DIR={registry_file.parent})")
 
 
 def _public_key_of(identity: Path) -> str:
-    from delivery.recipients import load_identities
-
     return str(load_identities(identity)[0].to_public())
 
 
@@ -203,7 +244,7 @@ def _run(cmd: list[str], env: dict[str, str], log_file: Path, label: str, check:
     return proc.returncode
 
 
-def delivery_summary(ledger, contract_id: str, after_seq: int) -> dict | None:
+def delivery_summary(ledger: Ledger, contract_id: str, after_seq: int) -> DeliverySummary | None:
     """The newest delivery of ``contract_id`` recorded after ``after_seq``, from the ledger alone."""
     records = [r for r in ledger.records(contract=contract_id) if r.seq > after_seq]
     started = [r for r in records if r.action == "run_started"]
@@ -211,7 +252,7 @@ def delivery_summary(ledger, contract_id: str, after_seq: int) -> dict | None:
         return None
     delivery = started[-1].delivery
     mine = [r for r in records if r.delivery == delivery]
-    summary: dict = {"delivery": delivery, "records": len(mine), "blocked": None}
+    summary: DeliverySummary = {"delivery": delivery, "records": len(mine), "blocked": None}
     for r in mine:
         details = r.details_obj()
         if r.action == "blocked":
@@ -227,15 +268,15 @@ def delivery_summary(ledger, contract_id: str, after_seq: int) -> dict | None:
 
 
 def run_demo(people: int = 100_000) -> int:
-    from audit.keys import open_ledger
-    from demo.synthetic import write_demo_source
-
     root = repo_root()
     settings = load_settings()
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     print(f"state folder: {home}")
     keys = ensure_keys(home)
+    made = ensure_ledger_key(settings)
+    if made is not None:
+        print(f"wrote the audit ledger key {made} (0600): the ledger is keyed (HMAC-SHA256)")
     source = home / "demo" / "claims.sqlite"
     if not source.exists():
         print(f"generating the synthetic source ({people} fake claimants) ...", flush=True)
@@ -248,6 +289,8 @@ def run_demo(people: int = 100_000) -> int:
     config_dir = home / "demo" / "configs"
     identities_dir = home / "demo" / "identities"
     contracts = render_demo_contracts(root / "configs" / "contracts", config_dir / "contracts", identities_dir)
+    trust_sender_beside(sorted(identities_dir.glob("*.txt")), keys["openssh"])
+    render_demo_catalogues(root / "configs" / SOURCES_DIR, config_dir / SOURCES_DIR)
     env = airflow_environment(home=home, dags_dir=root / "dags", config_dir=config_dir, keys=keys,
                               connections={"demo_claims": f"sqlite:///{source}"})
     logs = home / "demo" / "logs"
@@ -256,12 +299,13 @@ def run_demo(people: int = 100_000) -> int:
     approver_key = render_demo_approvers(root / "configs" / "approvers.yaml", config_dir / "approvers.yaml",
                                          home / "keys")
     ledger = open_ledger(settings)
-    results = []
+    results: list[tuple[Contract, int, DeliverySummary | None]] = []
     try:
         approve_demo_contracts(contracts, config_dir / "approvers.yaml", approver_key, ledger)
         for path in contracts:
             contract = load_contract(path)
-            before = ledger.head().seq if ledger.head() else 0
+            head = ledger.head()
+            before = head.seq if head is not None else 0
             print(f"running {contract.dag_id} ({contract.contract}, {contract.contractor}) ...", flush=True)
             code = run_dag_test(contract.dag_id, env, logs / f"{contract.dag_id}.log")
             results.append((contract, code, delivery_summary(ledger, contract.contract, before)))
@@ -272,7 +316,8 @@ def run_demo(people: int = 100_000) -> int:
     return _print_summary(results, identities_dir, keys, total, verified)
 
 
-def _print_summary(results, identities_dir: Path, keys: dict[str, Path], total: int, verified) -> int:
+def _print_summary(results: list[tuple[Contract, int, DeliverySummary | None]], identities_dir: Path,
+                   keys: dict[str, Path], total: int, verified: VerifyResult) -> int:
     failed = False
     print("\n=== deliveries ===")
     for contract, code, summary in results:
@@ -295,7 +340,7 @@ def _print_summary(results, identities_dir: Path, keys: dict[str, Path], total: 
         print(f"  decrypt with age:  mkdir -p {received}-age && age -d -i {identity} {summary['package']} "
               f"| tar -x -C {received}-age")
         print(f"  decrypt + verify:  contract-extracts decrypt {summary['package']} --identity {identity} "
-              f"--sender-key {keys['public']} --out {received}")
+              f"--out {received}   (sender key trusted in {identity_store(identity)})")
     print(f"\naudit ledger: {total} records, chain {'verified' if verified.ok else 'BROKEN: ' + str(verified.reason)}")
     print()
     for contract, _code, summary in results:
@@ -303,4 +348,6 @@ def _print_summary(results, identities_dir: Path, keys: dict[str, Path], total: 
             print(f"package: {summary['package']}")
             print(f"identity: {identities_dir / (contract.recipients[0].name + '.txt')}")
     print(f"sender-key: {keys['public']}")
+    print(f"sender-key fingerprint: {fingerprint(load_public_key(keys['public']))} "
+          f"(a recipient compares it with: {compare_command(str(keys['openssh']))})")
     return 1 if failed or not verified.ok else 0

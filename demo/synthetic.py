@@ -691,6 +691,7 @@ def _load_postgresql(
     raw = engine.raw_connection()
     try:
         pg = raw.driver_connection
+        assert pg is not None  # an open pooled connection always holds its driver's connection
         for batch in batches:
             buf = io.BytesIO()
             pacsv.write_csv(batch, buf, write_options=options)

@@ -4,8 +4,9 @@ Pure and framework-free (pyarrow and numpy; no Airflow, no Great Expectations). 
 describes the measures, the treatment and the table rules.
 """
 
-from disclosure.assess import FORMAT, ledger_details, run_disclosure, sample_info
+from disclosure.assess import ledger_details, run_disclosure, sample_fraction, sample_info
 from disclosure.report import codebook_lines, column_notes, manifest_section, package_files
+from disclosure.result import FORMAT, DisclosureResult
 from disclosure.risk import Classes, Measures, build_classes, measure
 from disclosure.tables import build_table
 from disclosure.treatment import DisclosureBlocked, apply_plan, plan_treatment
@@ -14,6 +15,7 @@ __all__ = [
     "FORMAT",
     "Classes",
     "DisclosureBlocked",
+    "DisclosureResult",
     "Measures",
     "apply_plan",
     "build_classes",
@@ -26,5 +28,6 @@ __all__ = [
     "package_files",
     "plan_treatment",
     "run_disclosure",
+    "sample_fraction",
     "sample_info",
 ]

@@ -28,9 +28,10 @@ Nothing here returns or logs a data value: results are counts, shares and column
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -156,7 +157,8 @@ def _patterns(codes: np.ndarray) -> np.ndarray:
     if codes.shape[1] == 0:
         return np.zeros(codes.shape[0], dtype=np.int64)
     weights = np.left_shift(np.int64(1), np.arange(codes.shape[1], dtype=np.int64))
-    return ((codes == NULL).astype(np.int64) * weights).sum(axis=1)
+    patterns: np.ndarray = ((codes == NULL).astype(np.int64) * weights).sum(axis=1)
+    return patterns
 
 
 def _join_columns(m: int, pattern: int) -> list[int]:
@@ -266,7 +268,7 @@ class Measures:
     l_diversity: dict[str, int | None]
     records_below_l: int | None
     l: int | None  # noqa: E741
-    population: dict | None
+    population: dict[str, Any] | None  # population_estimates (sample extracts), else None
 
     @property
     def share_below_k(self) -> float:
@@ -280,7 +282,7 @@ class Measures:
     def l_diverse(self) -> bool:
         return self.records_below_l in (None, 0)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "records": self.records, "key": list(self.key), "k": self.k, "classes": self.classes,
             "k_anonymity": self.k_anonymity, "records_below_k": self.records_below_k,
@@ -290,8 +292,18 @@ class Measures:
             "population": self.population,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Measures:
+        """The measures as ``to_dict`` wrote them (``share_below_k`` is derived, so not read)."""
+        population = data["population"]
+        return cls(records=data["records"], key=tuple(data["key"]), k=data["k"], classes=data["classes"],
+                   k_anonymity=data["k_anonymity"], records_below_k=data["records_below_k"],
+                   sample_uniques=data["sample_uniques"], average_risk=data["average_risk"],
+                   l_diversity=dict(data["l_diversity"]), records_below_l=data["records_below_l"], l=data["l"],
+                   population=None if population is None else dict(population))
 
-def population_estimates(f: np.ndarray, counts: np.ndarray, fraction: float, k: int) -> dict:
+
+def population_estimates(f: np.ndarray, counts: np.ndarray, fraction: float, k: int) -> dict[str, Any]:
     """Population-level estimates for a sample drawn with fraction π (docs/disclosure.md).
 
     * ``dis`` — Skinner & Elliot (2002), "A measure of disclosure risk for microdata", JRSS B 64(4):
@@ -358,7 +370,28 @@ def measure(classes: Classes, k: int, *, l: int | None = None,  # noqa: E741
     )
 
 
-def drivers(classes: Classes, k: int) -> list[dict]:
+@dataclass(frozen=True)
+class RiskDriver:
+    """One key variable's part in the risk: records below k with it, and if it were left out of the key."""
+
+    column: str
+    records_below_k: int
+    records_below_k_without_it: int
+    distinct_values: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column": self.column, "records_below_k": self.records_below_k,
+                "records_below_k_without_it": self.records_below_k_without_it,
+                "distinct_values": self.distinct_values}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RiskDriver:
+        return cls(column=data["column"], records_below_k=data["records_below_k"],
+                   records_below_k_without_it=data["records_below_k_without_it"],
+                   distinct_values=data["distinct_values"])
+
+
+def drivers(classes: Classes, k: int) -> list[RiskDriver]:
     """Which key variables drive the risk: records below k if each one were left out of the key."""
     f = frequencies(classes)
     below = int(classes.counts[f < k].sum())
@@ -366,8 +399,8 @@ def drivers(classes: Classes, k: int) -> list[dict]:
     for j, name in enumerate(classes.key):
         without = classes.without(j)
         fw = compatible_counts(without.codes, without.codes, without.counts)
-        out.append({"column": name, "records_below_k": below,
-                    "records_below_k_without_it": int(without.counts[fw < k].sum()),
-                    "distinct_values": len(classes.dictionaries[j])})
-    out.sort(key=lambda d: (d["records_below_k_without_it"], -d["distinct_values"]))
+        out.append(RiskDriver(column=name, records_below_k=below,
+                              records_below_k_without_it=int(without.counts[fw < k].sum()),
+                              distinct_values=len(classes.dictionaries[j])))
+    out.sort(key=lambda d: (d.records_below_k_without_it, -d.distinct_values))
     return out

@@ -37,6 +37,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +59,7 @@ def round_to_base(value: float, base: int) -> int:
 
 
 def _numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t))
 
 
 def check_columns(agg: Aggregate, schema: pa.Schema) -> None:
@@ -176,7 +177,7 @@ def _unit_level(base: pa.Table, agg: Aggregate, group: list[str], measured: list
 
 @dataclass
 class _Cell:
-    key: tuple  # per dimension: ("v", value) or ("T", None) for a summed-over dimension
+    key: tuple[tuple[str, Any], ...]  # per dimension: ("v", value) or ("T", None) for a summed-over dimension
     units: int
     values: dict[str, float]  # grossed count, sums and means before rounding
     dominated: bool
@@ -212,6 +213,7 @@ def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) 
                 if kind == "count":
                     values["count"] = (units * factor if agg.unit or not agg.weight else float(row["_w"]))
                     continue
+                assert column is not None  # sums and means name their column
                 i = measured.index(column)
                 total_abs = float(row[f"_asum{i}"] or 0.0)
                 if total_abs > 0 and float(row[f"_amax{i}"] or 0.0) > agg.dominance_share * total_abs:
@@ -237,7 +239,7 @@ def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) 
 def _lines(cells: list[_Cell], ndims: int) -> list[tuple[list[int], int]]:
     """Every additive line: (inner member indices, total index) along each dimension."""
     index = {c.key: i for i, c in enumerate(cells)}
-    groups: dict[tuple[int, tuple], list[int]] = {}
+    groups: dict[tuple[int, tuple[tuple[str, Any], ...]], list[int]] = {}
     for i, c in enumerate(cells):
         for d in range(ndims):
             if c.key[d][0] == "v":
@@ -283,7 +285,7 @@ def recoverable(cells: list[_Cell], ndims: int) -> int:
 @dataclass
 class TableResult:
     table: pa.Table
-    summary: dict
+    summary: dict[str, Any]  # value-free: the rule applied and the cell counts
     cells: list[_Cell]
 
 
@@ -318,7 +320,7 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None,
                                                     [(p[0], _sortable(p[1])) for p in cells[i].key]))
     cells = [cells[i] for i in order]
     schema = output_schema(agg, source)
-    columns: dict[str, list] = {f.name: [] for f in schema}
+    columns: dict[str, list[Any]] = {f.name: [] for f in schema}
     for cell in cells:
         for d, part in zip(agg.by, cell.key, strict=True):
             columns[d].append(part[1] if part[0] == "v" else None)
@@ -332,7 +334,7 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None,
                 columns[name].append(round(value, 2))
         columns[SUPPRESSED].append(cell.suppressed)
     table = pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema)
-    grossed = None
+    grossed: dict[str, Any] | None = None
     if agg.weight:
         grossed = {"by": "weight", "column": agg.weight}
     elif fraction and fraction < 1:
@@ -349,7 +351,7 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None,
     return TableResult(table=table, summary=summary, cells=cells)
 
 
-def _sortable(value: object) -> tuple:
+def _sortable(value: object) -> tuple[bool, object]:
     return (value is None, "" if value is None else value)
 
 

@@ -29,6 +29,7 @@ delivery is blocked with a report naming the key variables that drive the risk.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,11 @@ import pyarrow.parquet as pq
 
 from contracts.disclosure import BandHierarchy, Hierarchy, MapHierarchy
 from core.errors import ContractError, ContractExtractsError, DataError
+from disclosure.result import BlockedDataset, DisclosureResult, GeneralisedColumn, TreatmentStep, TreatmentSummary
 from disclosure.risk import (
     NULL,
     Classes,
+    Measures,
     compatible_counts,
     compatible_distinct,
     drivers,
@@ -55,12 +58,12 @@ _READ_BUFFER_BYTES = 1 << 20
 class DisclosureBlocked(ContractExtractsError):
     """The data cannot be made safe within the contract's limits: nothing is delivered.
 
-    ``report`` is value-free (counts, shares, column names, thresholds) and goes to the ledger and
-    the operator's report.
+    ``report`` (the disclosure document so far, with ``blocked`` set) is value-free (counts, shares,
+    column names, thresholds) and goes to the ledger and the operator's report.
     """
 
-    def __init__(self, message: str, report: dict | None = None) -> None:
-        self.report = report or {}
+    def __init__(self, message: str, report: DisclosureResult | None = None) -> None:
+        self.report = report
         super().__init__(message)
 
 
@@ -228,11 +231,16 @@ def suppress(classes: Classes, k: int, l: int | None = None) -> Suppression:  # 
             scores[np.nonzero(eligible)[0], j] = compatible_counts(hypothetical, codes, counts)
         for i, row in enumerate(rows):
             best = max((j for j in range(m) if scores[i, j] >= 0),
-                       key=lambda j, i=i: (min(scores[i, j], k), distinct[j], -j))
+                       key=functools.partial(_preference, scores[i], distinct, k))
             codes[row, best] = NULL
             masks[row] |= 1 << best
     after = Classes(classes.key, classes.dictionaries, codes, counts, current_pairs())
     return Suppression(masks=masks, classes=after, feasible=feasible, rounds=rounds)
+
+
+def _preference(scores: np.ndarray, distinct: np.ndarray, k: int, j: int) -> tuple[int, int, int]:
+    """Which column of one combination to suppress first: most matching records (up to k), most values, first."""
+    return (min(int(scores[j]), k), int(distinct[j]), -j)
 
 
 # ------------------------------------------------------------------------------------- planning
@@ -249,7 +257,7 @@ class Plan:
     records: int
     generalised: Generalised
     suppression: Suppression
-    steps: list[dict] = field(default_factory=list)
+    steps: list[TreatmentStep] = field(default_factory=list)
     hierarchies: dict[str, Hierarchy] = field(default_factory=dict)
 
     @property
@@ -264,21 +272,23 @@ class Plan:
     def changes_data(self) -> bool:
         return bool(self.generalised.code_maps) or bool((self.suppression.masks != 0).any())
 
-    def summary(self) -> dict:
+    def generalised_columns(self) -> tuple[GeneralisedColumn, ...]:
+        return tuple(GeneralisedColumn(column=name, level=level, of=self.hierarchies[name].depth,
+                                       description=describe_level(self.hierarchies[name], level))
+                     for name, level in self.generalised.levels.items() if level > 0)
+
+    def summary(self) -> TreatmentSummary:
         """Value-free: what was coarsened and suppressed, with counts."""
-        return {
-            "generalised": [
-                {"column": name, "level": level, "of": self.hierarchies[name].depth,
-                 "description": describe_level(self.hierarchies[name], level)}
-                for name, level in self.generalised.levels.items() if level > 0],
-            "steps": list(self.steps),
-            "suppressed_records": self.suppression.records,
-            "suppressed_share": round(self.share, 6),
-            "suppressed_values": self.suppression.cells(),
-            "suppression_rounds": self.suppression.rounds,
-            "ceiling": self.ceiling,
-            "feasible": self.suppression.feasible,
-        }
+        return TreatmentSummary(
+            generalised=self.generalised_columns(),
+            steps=tuple(self.steps),
+            suppressed_records=self.suppression.records,
+            suppressed_share=round(self.share, 6),
+            suppressed_values=self.suppression.cells(),
+            suppression_rounds=self.suppression.rounds,
+            ceiling=self.ceiling,
+            feasible=self.suppression.feasible,
+        )
 
 
 def _records_below(classes: Classes, k: int) -> int:
@@ -292,7 +302,7 @@ def plan_treatment(base: Classes, *, k: int, l: int | None, ceiling: float,  # n
     hierarchies = dict(hierarchies or {})
     usable = {name: h for name, h in hierarchies.items() if name in base.key} if may_generalise else {}
     levels = dict.fromkeys(usable, 0)
-    steps: list[dict] = []
+    steps: list[TreatmentStep] = []
     records = base.records
     while True:
         current = generalise(base, levels, usable)
@@ -309,27 +319,28 @@ def plan_treatment(base: Classes, *, k: int, l: int | None, ceiling: float,  # n
             trial[name] = _records_below(stepped.classes, k)
         best = min(candidates, key=lambda n: (trial[n], base.key.index(n)))
         levels[best] += 1
-        steps.append({"column": best, "level": levels[best], "records_below_k_after": trial[best],
-                      "suppression_needed_before": suppression.records})
+        steps.append(TreatmentStep(column=best, level=levels[best], records_below_k_after=trial[best],
+                                   suppression_needed_before=suppression.records))
     return Plan(key=list(base.key), k=k, l=l, ceiling=ceiling, records=records, generalised=current,
                 suppression=suppression, steps=steps, hierarchies=usable)
 
 
-def blocked_report(dataset: str, base: Classes, plan: Plan) -> dict:
+def blocked_report(dataset: str, plan: Plan, before: Measures) -> BlockedDataset:
     """Value-free report of why a dataset cannot be delivered, naming the key variables that drive the risk."""
-    return {
-        "dataset": dataset,
-        "k": plan.k,
-        "l": plan.l,
-        "records": plan.records,
-        "ceiling": plan.ceiling,
-        "suppression_needed_records": plan.suppression.records,
-        "suppression_needed_share": round(plan.share, 6),
-        "feasible": plan.suppression.feasible,
-        "suppression_needed_values": plan.suppression.cells(),
-        "generalised": plan.summary()["generalised"],
-        "drivers": drivers(plan.generalised.classes, plan.k),
-    }
+    return BlockedDataset(
+        dataset=dataset,
+        k=plan.k,
+        l=plan.l,
+        records=plan.records,
+        ceiling=plan.ceiling,
+        suppression_needed_records=plan.suppression.records,
+        suppression_needed_share=round(plan.share, 6),
+        feasible=plan.suppression.feasible,
+        suppression_needed_values=plan.suppression.cells(),
+        generalised=plan.generalised_columns(),
+        drivers=tuple(drivers(plan.generalised.classes, plan.k)),
+        before=before,
+    )
 
 
 # ------------------------------------------------------------------------------------- applying
@@ -342,6 +353,14 @@ def _level0_codes(column: pa.Array, dictionary: pa.Array, name: str) -> np.ndarr
     if bool(((codes == NULL) & valid).any()):
         raise DataError(f"column {name!r} holds values the assessment did not see; the staged file changed")
     return codes
+
+
+def statistics_written(metadata: pq.FileMetaData) -> list[str]:
+    """The columns whose statistics a Parquet file holds (none known in a file without row groups)."""
+    if metadata.num_row_groups == 0:
+        return []
+    group = metadata.row_group(0)
+    return [group.column(i).path_in_schema for i in range(group.num_columns) if group.column(i).is_stats_set]
 
 
 def apply_plan(path: Path, plan: Plan, base: Classes, *, batch_rows: int = 250_000) -> int:
@@ -358,7 +377,9 @@ def apply_plan(path: Path, plan: Plan, base: Classes, *, batch_rows: int = 250_0
     schema = parquet.schema_arrow
     rows = 0
     try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        # Statistics as the extract wrote them: never for identifier columns (a rewrite must not add them).
+        with pq.ParquetWriter(tmp, schema, compression="zstd",
+                              write_statistics=statistics_written(parquet.metadata)) as writer:
             for batch in parquet.iter_batches(batch_size=batch_rows, use_pandas_metadata=False):
                 writer.write_batch(_treat_batch(batch, plan, base, mask_table, schema))
                 rows += batch.num_rows

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -41,7 +42,10 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as mysql_types
 
-from core.errors import SourceError
+from core.errors import SourceError, value_free
+
+if TYPE_CHECKING:
+    from MySQLdb.connections import Connection as DriverConnection  # untyped driver: Any to mypy
 
 _TEXT = pa.large_string()  # the server's text, viewed without copying or validation for parsing casts
 _UTF8_RESULTS = ("utf8mb4", "utf8mb3", "utf8")
@@ -49,7 +53,7 @@ _MIDNIGHT = pa.scalar("1970-01-01 ", _TEXT)
 _EMPTY = pa.scalar("", _TEXT)
 
 
-def supports(schema: pa.Schema, statement: sa.Select | None = None) -> bool:
+def supports(schema: pa.Schema, statement: sa.Select[Any] | None = None) -> bool:
     """Types the raw-text route reproduces exactly; anything else goes through the generic path.
 
     ``SET`` columns (a Python set on the generic path) and custom SQLAlchemy types (whose result
@@ -68,7 +72,7 @@ def supports(schema: pa.Schema, statement: sa.Select | None = None) -> bool:
     return True
 
 
-def select_sql(statement: sa.Select, dialect: sa.Dialect) -> tuple[str, tuple | dict]:
+def select_sql(statement: sa.Select[Any], dialect: sa.Dialect) -> tuple[str, tuple[Any, ...] | dict[str, Any]]:
     """The statement's SQL for the driver and its parameters (a tuple, even when empty: the driver
     only turns ``%%`` back into ``%`` when it formats parameters in)."""
     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
@@ -78,9 +82,9 @@ def select_sql(statement: sa.Select, dialect: sa.Dialect) -> tuple[str, tuple | 
     return str(compiled), dict(params)
 
 
-def usable(connection) -> bool:
+def usable(connection: DriverConnection) -> bool:
     """The session returns text as UTF-8 (what the string casts validate)."""
-    from MySQLdb import Error as DriverError
+    from MySQLdb import Error as DriverError  # noqa: PLC0415 - deferred: the MySQL driver, loaded only when MySQL is read
 
     failed = None
     try:
@@ -114,7 +118,7 @@ def converter(arrow: pa.DataType) -> Callable[[pa.Array], pa.Array]:
     return lambda column: column.view(_TEXT).cast(arrow)
 
 
-def _columns(rows: list[tuple], width: int) -> list[pa.Array]:
+def _columns(rows: list[tuple[bytes | None, ...]], width: int) -> list[pa.Array]:
     """Rows of bytes/None → one large_binary array per column (no Python loop over values)."""
     flat = pa.array(list(itertools.chain.from_iterable(rows)), type=pa.large_binary())
     if width == 1:
@@ -123,14 +127,14 @@ def _columns(rows: list[tuple], width: int) -> list[pa.Array]:
     return [flat.take(pa.array(np.arange(i, stop, width))) for i in range(width)]
 
 
-def _batch(rows: list[tuple], schema: pa.Schema, converters: list[Callable[[pa.Array], pa.Array]],
+def _batch(rows: list[tuple[bytes | None, ...]], schema: pa.Schema, converters: list[Callable[[pa.Array], pa.Array]],
            where: str) -> pa.RecordBatch:
     arrays = []
     for field, convert, column in zip(schema, converters, _columns(rows, len(schema)), strict=True):
         try:
             arrays.append(convert(column))
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
-            problem = type(exc).__name__  # its message may quote the value: keep the type only
+            problem = value_free(exc)  # its message may quote the value
         else:
             continue
         raise SourceError(f"{where}, column {field.name!r}: a source value cannot be read as {field.type} "
@@ -138,7 +142,8 @@ def _batch(rows: list[tuple], schema: pa.Schema, converters: list[Callable[[pa.A
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _execute_raw(connection, cursor, sql: str, params: tuple | dict) -> None:
+def _execute_raw(connection: DriverConnection, cursor: Any, sql: str,
+                 params: tuple[Any, ...] | dict[str, Any]) -> None:
     """Run ``sql`` with the connection's decoder map emptied: the result copies the (now empty) map when
     it is created, so every value of this statement arrives as bytes; other statements are unaffected."""
     decoders = connection.converter
@@ -149,12 +154,12 @@ def _execute_raw(connection, cursor, sql: str, params: tuple | dict) -> None:
         connection.converter = decoders
 
 
-def stream(connection, statement: sa.Select, schema: pa.Schema, dialect: sa.Dialect, batch_rows: int, *,
-           dataset: str = "") -> Iterator[pa.RecordBatch]:
+def stream(connection: DriverConnection, statement: sa.Select[Any], schema: pa.Schema, dialect: sa.Dialect,
+           batch_rows: int, *, dataset: str = "") -> Iterator[pa.RecordBatch]:
     """Stream ``statement`` on a mysqlclient ``connection`` (inside the caller's transaction, if any) as
     batches of at most ``batch_rows`` rows with exactly ``schema``."""
-    from MySQLdb import Error as DriverError
-    from MySQLdb.cursors import SSCursor
+    from MySQLdb import Error as DriverError  # noqa: PLC0415 - deferred: the MySQL driver, loaded only when MySQL is read
+    from MySQLdb.cursors import SSCursor  # noqa: PLC0415 - deferred: as above
 
     where = f"dataset {dataset!r}" if dataset else "the dataset"
     sql, params = select_sql(statement, dialect)
@@ -185,4 +190,4 @@ def stream(connection, statement: sa.Select, schema: pa.Schema, dialect: sa.Dial
 
 def _errno(exc: Exception) -> str:
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    return f"{type(exc).__name__} {code}" if code is not None else type(exc).__name__
+    return f"{value_free(exc)} {code}" if code is not None else value_free(exc)

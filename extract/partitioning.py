@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from core.errors import SourceError
 
 SNAPSHOT_ID = re.compile(r"^[0-9A-F]{8}-[0-9A-F]{8}-[0-9]+$")
+
+
+def exports_snapshots(engine: sa.Engine) -> bool:
+    """Whether other sessions can import this database's snapshots (PostgreSQL)."""
+    return engine.dialect.name == "postgresql"
+
+
+def shares_one_transaction(engine: sa.Engine) -> bool:
+    """Whether a consistent read of this database means one transaction shared by every read (MariaDB/MySQL)."""
+    return engine.dialect.name in ("mysql", "mariadb")
 
 
 @dataclass(frozen=True)
@@ -43,11 +54,11 @@ class PartitionRange:
     upper: int | None
     high_water: int | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> PartitionRange:
+    def from_dict(cls, data: Mapping[str, Any]) -> PartitionRange:
         return cls(**data)
 
     @property
@@ -55,7 +66,7 @@ class PartitionRange:
         return f"{self.dataset}-part{self.index:04d}"
 
 
-def _as_int(value) -> int | None:
+def _as_int(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -81,12 +92,12 @@ def estimated_rows(engine: sa.Engine, table: sa.Table) -> int:
     """The table's row count from its statistics (no scan); an exact count where there are none."""
     estimate = None
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
+        if exports_snapshots(engine):
             estimate = conn.execute(sa.text(
                 "SELECT c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.relname = :name AND n.nspname = coalesce(:schema, current_schema())"),
                 {"name": table.name, "schema": table.schema}).scalar()
-        elif engine.dialect.name in ("mysql", "mariadb"):
+        elif shares_one_transaction(engine):
             estimate = conn.execute(sa.text(
                 "SELECT TABLE_ROWS FROM information_schema.TABLES "
                 "WHERE TABLE_NAME = :name AND TABLE_SCHEMA = coalesce(:schema, DATABASE())"),
@@ -105,7 +116,7 @@ def planned_parts(engine: sa.Engine, table: sa.Table, parts: int | str, rows_per
 
 
 def plan_ranges(engine: sa.Engine, table: sa.Table, dataset: str, column: str, parts: int,
-                where: sa.ColumnElement | None = None) -> list[PartitionRange]:
+                where: sa.ColumnElement[bool] | None = None) -> list[PartitionRange]:
     """Split [min, max] of an integer (or date) column into ``parts`` equal ranges."""
     if column not in table.c:
         raise SourceError(f"dataset {dataset!r}: partition column {column!r} does not exist in the table")
@@ -129,7 +140,7 @@ def plan_ranges(engine: sa.Engine, table: sa.Table, dataset: str, column: str, p
     return ranges
 
 
-def range_clause(table: sa.Table, rng: PartitionRange) -> sa.ColumnElement | None:
+def range_clause(table: sa.Table, rng: PartitionRange) -> sa.ColumnElement[bool] | None:
     """The WHERE clause of one range (bound parameters) bounded by the high-water mark.
 
     Rows whose key is NULL belong to the first range, so none is lost between ranges.
@@ -137,7 +148,7 @@ def range_clause(table: sa.Table, rng: PartitionRange) -> sa.ColumnElement | Non
     col = table.c[rng.column]
     is_date = isinstance(col.type, sa.Date) and not isinstance(col.type, sa.DateTime)
 
-    def literal(value: int):
+    def literal(value: int) -> int | dt.date:
         return dt.date.fromordinal(value) if is_date else value
 
     clauses = []
@@ -159,7 +170,7 @@ def exported_snapshot(engine: sa.Engine) -> Iterator[str | None]:
 
     The snapshot stays importable exactly as long as this context is open.
     """
-    if engine.dialect.name != "postgresql":
+    if not exports_snapshots(engine):
         yield None
         return
     with engine.connect() as conn:
@@ -173,7 +184,7 @@ def exported_snapshot(engine: sa.Engine) -> Iterator[str | None]:
 def snapshot_connection(engine: sa.Engine, snapshot: str | None) -> Iterator[sa.Connection]:
     """A connection inside a transaction that sees the shared snapshot (or a consistent one of its own)."""
     with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
+        if exports_snapshots(engine):
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 if snapshot is not None:
@@ -186,7 +197,7 @@ def snapshot_connection(engine: sa.Engine, snapshot: str | None) -> Iterator[sa.
                         raise SourceError("the delivery's source snapshot is no longer available (its "
                                           "coordinator ended); the partition cannot be read consistently") from None
                 yield conn
-        elif engine.dialect.name in ("mysql", "mariadb"):
+        elif shares_one_transaction(engine):
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             try:

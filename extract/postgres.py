@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -37,6 +38,9 @@ import sqlalchemy as sa
 
 from core.errors import SourceError
 from extract.partitioning import SNAPSHOT_ID
+
+if TYPE_CHECKING:
+    import psycopg
 
 BLOCK_BYTES = 1 << 20  # measured: 1 MiB pieces beat 4-16 MiB on speed and memory
 _PARSE_BLOCK_BYTES = 256 << 10  # pyarrow parses a piece's blocks in parallel
@@ -69,7 +73,7 @@ def supports(schema: pa.Schema) -> bool:
     return all(any(check(field.type) for check in ok) for field in schema)
 
 
-def copy_sql(statement: sa.Select, dialect: sa.Dialect) -> tuple[str, dict]:
+def copy_sql(statement: sa.Select[Any], dialect: sa.Dialect) -> tuple[str, dict[str, Any]]:
     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
     return f"COPY ({compiled}) TO STDOUT WITH (FORMAT csv, HEADER false)", dict(compiled.params)
 
@@ -138,7 +142,7 @@ class _CopyStream:
 
     closed = False
 
-    def __init__(self, chunks: Iterator) -> None:
+    def __init__(self, chunks: Iterator[Any]) -> None:
         self._chunks = chunks
         self._parts: list[bytes] = []
         self._size = 0
@@ -170,7 +174,7 @@ class _CopyStream:
         self.closed = True
 
 
-def stream_copy(connection, statement: sa.Select, schema: pa.Schema, dialect: sa.Dialect,
+def stream_copy(connection: psycopg.Connection[Any], statement: sa.Select[Any], schema: pa.Schema, dialect: sa.Dialect,
                 block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
     """Stream ``statement`` through psycopg's COPY on a connection already inside a transaction."""
     sql, params = copy_sql(statement, dialect)
@@ -198,7 +202,7 @@ def psql_binary() -> str | None:
     return shutil.which("psql")
 
 
-def psql_environment(connection) -> dict[str, str] | None:
+def psql_environment(connection: psycopg.Connection[Any]) -> dict[str, str] | None:
     """The child environment that makes psql connect exactly as ``connection`` did, or None if it cannot.
 
     Every libpq variable of the parent is dropped first, so only the connection's own parameters
@@ -221,17 +225,19 @@ def psql_environment(connection) -> dict[str, str] | None:
     return env
 
 
-def psql_usable(connection, binary: str | None) -> bool:
+def psql_usable(connection: psycopg.Connection[Any], binary: str | None) -> bool:
     """psql can read for this connection: the binary exists, parameters map, a snapshot can be shared."""
     if binary is None or psql_environment(connection) is None:
         return False
     with connection.cursor() as cur:
         cur.execute("SELECT pg_is_in_recovery()")  # no snapshot export from a standby before PostgreSQL 10
-        return not cur.fetchone()[0]
+        row = cur.fetchone()
+        return row is not None and not row[0]
 
 
-def _psql_script(connection, statement: sa.Select, dialect: sa.Dialect, snapshot: str) -> bytes:
-    import psycopg
+def _psql_script(connection: psycopg.Connection[Any], statement: sa.Select[Any], dialect: sa.Dialect,
+                 snapshot: str) -> bytes:
+    import psycopg  # noqa: PLC0415 - deferred: the PostgreSQL driver, loaded only when PostgreSQL is read
 
     sql, params = copy_sql(statement, dialect)
     if params:
@@ -248,7 +254,7 @@ def _psql_script(connection, statement: sa.Select, dialect: sa.Dialect, snapshot
 class _Stderr(threading.Thread):
     """Drains psql's stderr (so it never blocks) keeping only the last few lines."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         super().__init__(daemon=True)
         self._stream = stream
         self.lines: list[str] = []
@@ -265,21 +271,25 @@ class _Stderr(threading.Thread):
         return None
 
 
-def stream_psql(connection, statement: sa.Select, schema: pa.Schema, dialect: sa.Dialect, binary: str,
-                block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
+def stream_psql(connection: psycopg.Connection[Any], statement: sa.Select[Any], schema: pa.Schema,
+                dialect: sa.Dialect, binary: str, block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
     """Stream ``statement`` through a psql child reading the snapshot of ``connection``'s open transaction."""
     env = psql_environment(connection)
     if env is None:
         raise SourceError("this connection's parameters cannot be handed to psql")
     with connection.cursor() as cur:
         cur.execute("SELECT pg_export_snapshot()")
-        snapshot = cur.fetchone()[0]
+        row = cur.fetchone()
+    if row is None:
+        raise SourceError("the source exported no snapshot for psql to read in")
+    snapshot = str(row[0])
     script = _psql_script(connection, statement, dialect, snapshot)
     proc = subprocess.Popen(
         [binary, "--no-psqlrc", "--quiet", "--no-align", "--set", "ON_ERROR_STOP=1",
          "--set", "VERBOSITY=sqlstate", "--file", "-"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         bufsize=block_bytes, close_fds=True)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all three are pipes
     errors = _Stderr(proc.stderr)
     errors.start()
     finished = False
@@ -304,8 +314,8 @@ def stream_psql(connection, statement: sa.Select, schema: pa.Schema, dialect: sa
                           + "; server messages are withheld because they may quote data values")
 
 
-def stream(connection, statement: sa.Select, schema: pa.Schema, dialect: sa.Dialect, *, route: str = "auto",
-           block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
+def stream(connection: psycopg.Connection[Any], statement: sa.Select[Any], schema: pa.Schema, dialect: sa.Dialect, *,
+           route: str = "auto", block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
     """Stream ``statement`` on a psycopg ``connection`` inside a transaction, by the fastest exact route.
 
     ``route``: ``auto`` (psql when installed and usable, else in-process), ``psql`` or ``copy``.
@@ -316,7 +326,7 @@ def stream(connection, statement: sa.Select, schema: pa.Schema, dialect: sa.Dial
     if route == "psql" and binary is None:
         raise SourceError("the psql route was asked for but no psql client is installed. "
                           f"Fix: install the PostgreSQL client or unset {PSQL_ENV}")
-    if route != "copy" and psql_usable(connection, binary):
+    if route != "copy" and binary is not None and psql_usable(connection, binary):
         yield from stream_psql(connection, statement, schema, dialect, binary, block_bytes)
     elif route == "psql":
         raise SourceError("the psql route cannot reproduce this connection (unmapped connection parameters "

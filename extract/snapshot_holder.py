@@ -21,7 +21,10 @@ import time
 
 from sqlalchemy.engine import URL, make_url
 
+from audit.ledger import Ledger
 from core.errors import SourceError
+from extract.partitioning import exported_snapshot
+from extract.sources import create_source_engine
 
 RELEASED = "snapshot_released"
 ENV_SOURCE = "CONTRACT_EXTRACTS_HOLDER_SOURCE_URL"
@@ -48,15 +51,11 @@ def start(source_url: URL, *, ledger_url: str, contract: str, delivery: str, max
     return line.removeprefix("snapshot "), proc.pid
 
 
-def _released(ledger, contract: str, delivery: str) -> bool:
+def _released(ledger: Ledger, contract: str, delivery: str) -> bool:
     return any(r.contract == contract for r in ledger.records(delivery=delivery, action=RELEASED))
 
 
 def main(argv: list[str]) -> int:
-    from audit.ledger import Ledger
-    from extract.partitioning import exported_snapshot
-    from extract.sources import create_source_engine
-
     contract, delivery, max_seconds, poll = argv[0], argv[1], float(argv[2]), float(argv[3])
     engine = create_source_engine(make_url(os.environ.pop(ENV_SOURCE)))
     ledger = Ledger(os.environ.pop(ENV_LEDGER))

@@ -7,8 +7,9 @@ through a server-side cursor (``stream_results``), so memory is bounded by the b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -44,7 +45,7 @@ class SourceColumn:
 @dataclass(frozen=True)
 class DatasetQuery:
     dataset: str
-    statement: sa.Select
+    statement: sa.Select[Any]
     columns: tuple[SourceColumn, ...]
 
     @property
@@ -88,7 +89,7 @@ def plan_query(table: sa.Table, dataset: Dataset, contract: Contract) -> Dataset
     return DatasetQuery(dataset=dataset.name, statement=statement, columns=columns)
 
 
-def _selected(column: sa.Column, arrow: pa.DataType) -> sa.ColumnElement:
+def _selected(column: sa.Column[Any], arrow: pa.DataType) -> sa.ColumnElement[Any]:
     # Some dialects (MySQL/MariaDB DOUBLE) hand floats back as Decimal quantised to 10 places:
     # read binary floats as floats, exactly as stored.
     if pa.types.is_floating(arrow):
@@ -98,7 +99,7 @@ def _selected(column: sa.Column, arrow: pa.DataType) -> sa.ColumnElement:
 
 def stream_batches(engine: sa.Engine, query: DatasetQuery, batch_rows: int, *, method: str = "auto",
                    connection: sa.Connection | None = None,
-                   where: sa.ColumnElement | None = None) -> Iterator[pa.RecordBatch]:
+                   where: sa.ColumnElement[bool] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream the query's rows as Arrow record batches of at most ``batch_rows`` rows.
 
     ``method``: ``auto`` takes the fastest exact path the source offers (PostgreSQL: COPY parsed by
@@ -135,7 +136,7 @@ def stream_batches(engine: sa.Engine, query: DatasetQuery, batch_rows: int, *, m
                           f"{query.dataset!r} (connection or query error)") from None
 
 
-def _fast_path(dialect: sa.Dialect, schema: pa.Schema, statement: sa.Select) -> str | None:
+def _fast_path(dialect: sa.Dialect, schema: pa.Schema, statement: sa.Select[Any]) -> str | None:
     """The fast path this source and these column types allow: ``postgresql``, ``mysql`` or None."""
     if dialect.name == "postgresql" and dialect.driver == "psycopg" and postgres.supports(schema):
         return "postgresql"
@@ -144,14 +145,22 @@ def _fast_path(dialect: sa.Dialect, schema: pa.Schema, statement: sa.Select) -> 
     return None
 
 
-def _read(conn: sa.Connection, statement: sa.Select, schema: pa.Schema, fast: str | None,
+def _driver_connection(conn: sa.Connection) -> Any:
+    """The driver's own connection under ``conn``: the fast paths talk to psycopg and mysqlclient directly."""
+    driver = conn.connection.driver_connection
+    if driver is None:
+        raise SourceError("the source connection was closed before the read started")
+    return driver
+
+
+def _read(conn: sa.Connection, statement: sa.Select[Any], schema: pa.Schema, fast: str | None,
           batch_rows: int, route: str = "auto", dataset: str = "") -> Iterator[pa.RecordBatch]:
     if fast == "postgresql":
-        yield from rebatch(postgres.stream(conn.connection.driver_connection, statement, schema,
+        yield from rebatch(postgres.stream(_driver_connection(conn), statement, schema,
                                            conn.engine.dialect, route=route), batch_rows)
         return
     if fast == "mysql":
-        driver = conn.connection.driver_connection
+        driver = _driver_connection(conn)
         if mysql.usable(driver):
             yield from mysql.stream(driver, statement, schema, conn.engine.dialect, batch_rows, dataset=dataset)
             return
@@ -161,6 +170,6 @@ def _read(conn: sa.Connection, statement: sa.Select, schema: pa.Schema, fast: st
     result = conn.execution_options(stream_results=True, max_row_buffer=batch_rows,
                                     yield_per=batch_rows).execute(statement)
     for rows in result.partitions(batch_rows):
-        columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+        columns: Sequence[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
         arrays = [pa.array(col, type=field.type) for col, field in zip(columns, schema, strict=True)]
         yield pa.RecordBatch.from_arrays(arrays, schema=schema)

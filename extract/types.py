@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import sqlalchemy as sa
 
 from core.errors import SourceError
 
 
-def arrow_type(column: sa.Column, where: str) -> pa.DataType:
+def arrow_type(column: sa.Column[Any], where: str) -> pa.DataType:
     t = column.type
     if isinstance(t, sa.Boolean):
         return pa.bool_()

@@ -99,14 +99,14 @@ def postcode_level(values: pa.Array, level: str) -> pa.Array:
 # ---- numbers -----------------------------------------------------------------------------------
 
 
-def _text(number: Decimal) -> str:
-    text = format(number.normalize(), "f")
-    return text
+def number_text(number: Decimal) -> str:
+    """A contract number as written in labels and the codebook: plain decimal, no trailing zeros."""
+    return format(number.normalize(), "f")
 
 
 def number_band_labels(edges: list[Decimal]) -> list[str]:
     """"(-inf, e0)", "[e0, e1)", …, "[ek, inf)"."""
-    texts = [_text(e) for e in edges]
+    texts = [number_text(e) for e in edges]
     return [f"(-inf, {texts[0]})",
             *[f"[{a}, {b})" for a, b in itertools.pairwise(texts)],
             f"[{texts[-1]}, inf)"]

@@ -2,31 +2,48 @@
 
 Every keyed value of format v1 (pseudonym, sample rank, date-shift offset) is a prefix of
 ``HMAC-SHA256(key, utf8(entity + "\\x00" + canonical))``. This module computes those for a whole
-Arrow array of identifiers at once:
+Arrow array of identifiers at once, with one of two backends that give the same bytes
+(tests/masking/test_hashing.py checks both against ``hmac.new`` and the design.md formula):
 
-- HMAC comes from ``cryptography`` (OpenSSL): the key schedule and the ``entity + "\\x00"`` prefix are
-  absorbed once into a template context, then each value costs one ``copy()``, one ``update()`` and
-  one ``finalize()``. That is RFC 2104 HMAC computed by OpenSSL, byte-identical to
-  ``hmac.new(key, prefix + value, "sha256")`` (property tests check it); nothing here implements a
-  hash function. The digests of a batch come back as one ``bytes`` buffer, truncated and hex-encoded
-  per batch (one ``bytes.hex()`` call, not one per value), and go straight into Arrow buffers.
-- Large arrays are split over worker processes (``HashPool``): each worker canonicalises and hashes
-  its slice. Slices cross the process boundary in Arrow IPC form (only their own bytes), results come
-  back in order. Keys travel to the workers through the pool's private pipes only.
-- Memory is bounded by the record batch: no list of a whole column is ever built.
+- ``native`` (the default): ``masking._hmac_native``, a small C extension that the install compiles
+  (hatch_build.py) against the system's OpenSSL. It reads the values straight from the Arrow array's
+  buffers (validity, offsets, data), runs OpenSSL's own HMAC-SHA256 on each (the key schedule once per
+  call, then the ``HMAC_Init_ex``/``HMAC_Update``/``HMAC_Final`` calls that ``openssl speed -hmac sha256``
+  times) and writes the truncated digests, raw or lower-case hex, into one buffer, with the GIL released.
+  So its parallelism is threads: ``HashPool(n)`` hashes slices of an array (canonicalising included:
+  Arrow's kernels release the GIL too) on ``n`` threads of the calling process. No process is started
+  and nothing is imported again, so it works alike in a shell, a test and an Airflow task under every
+  executor.
+- ``python`` (the fallback: used when the extension is not importable, e.g. it could not be compiled,
+  or when ``CONTRACT_EXTRACTS_HASH_BACKEND=python``): ``cryptography``'s OpenSSL HMAC over a pre-keyed
+  template, one ``copy()``/``update()``/``finalize()`` per value, truncated and hex-encoded per batch.
+  Its parallelism is worker processes, but not multiprocessing's: a spawned multiprocessing child
+  re-imports the parent's ``__main__``, which inside an Airflow task is Airflow's entry point, and that
+  fails on the task supervisor's ``airflow-db-not-allowed:///`` database URL (ERROR tracebacks, then a
+  broken pool). Each worker is ``python -m masking.hash_worker``, started without Airflow's environment
+  variables; it imports only this package and its libraries, and talks to its pool over its own
+  stdin/stdout pipes (slices travel in Arrow IPC form; keys travel over these pipes only).
 
-Hashing never happens inside the source database: the key would appear in SQL text and server logs.
+Either way nothing here implements a hash function, memory is bounded by the record batch (no list of a
+whole column is ever built), and hashing never happens inside the source database: the key would appear
+in SQL text and server logs. The first use of each pool logs at INFO which backend hashes, on how many
+threads or processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,26 +51,77 @@ import pyarrow.compute as pc
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from core.errors import ConfigError
+from core.errors import ConfigError, value_free
 from masking.canonical import canonicalise
+
+try:
+    from masking._hmac_native import API_VERSION as _NATIVE_API_VERSION
+    from masking._hmac_native import OPENSSL_VERSION as _NATIVE_OPENSSL_VERSION
+    from masking._hmac_native import hmac_sha256_rows
+except ModuleNotFoundError:
+    NATIVE_UNAVAILABLE: str | None = "the extension was not compiled at install time"
+except ImportError as exc:  # e.g. the system's libcrypto is missing at run time
+    NATIVE_UNAVAILABLE = f"the extension does not load ({value_free(exc)})"
+else:
+    NATIVE_UNAVAILABLE = None if _NATIVE_API_VERSION == 1 else "the extension was built from another version"
 
 log = logging.getLogger(__name__)
 
-DIGEST_BYTES = 32
+NATIVE = "native"
+PYTHON = "python"
+#: The backend this installation hashes with unless told otherwise.
+BACKEND = NATIVE if NATIVE_UNAVAILABLE is None else PYTHON
+BACKEND_ENV = "CONTRACT_EXTRACTS_HASH_BACKEND"
 HASH_WORKERS_ENV = "CONTRACT_EXTRACTS_HASH_WORKERS"
-#: Below this many values per array the worker round trip costs more than it saves.
+WORKER_MODULE = "masking.hash_worker"
+DIGEST_BYTES = 32
+#: Below this many values per array the thread (or worker process) round trip costs more than it saves.
 MIN_PARALLEL_VALUES = 16_384
 _SUB_BATCH = 32_768
 _SLICES_PER_WORKER = 2
+_FRAME = struct.Struct(">Q")
+_STOP_SECONDS = 10
 
 
 def hmac_sha256_many(key: bytes, prefix: bytes, messages: list[bytes]) -> bytes:
-    """Concatenated HMAC-SHA256(key, prefix + m) of every message, 32 bytes each, in order."""
+    """Concatenated HMAC-SHA256(key, prefix + m) of every message, 32 bytes each, in order (the fallback)."""
     template = crypto_hmac.HMAC(key, hashes.SHA256())
     template.update(prefix)
     copy = template.copy
-    # One expression per value keeps the interpreter overhead down: copy, absorb, finalize.
-    return b"".join([((h := copy()).update(m) or h.finalize()) for m in messages])
+    digests: list[bytes] = []
+    append = digests.append  # bound once: the loop runs once per value
+    for message in messages:
+        h = copy()
+        h.update(message)
+        append(h.finalize())
+    return b"".join(digests)
+
+
+def default_backend(env: Mapping[str, str] | None = None) -> str:
+    """CONTRACT_EXTRACTS_HASH_BACKEND (``native`` or ``python``), else ``BACKEND``."""
+    env = os.environ if env is None else env
+    return check_backend(env.get(BACKEND_ENV) or BACKEND)
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it names a backend this installation has, else a ConfigError saying how to get it."""
+    if backend == NATIVE and NATIVE_UNAVAILABLE is not None:
+        raise ConfigError(f"the native keyed-hashing backend is not available: {NATIVE_UNAVAILABLE}",
+                          key=BACKEND_ENV, fix="install a C compiler and OpenSSL's headers (Debian: gcc libssl-dev) "
+                          "and reinstall the project, or unset it to use the pure-Python fallback")
+    if backend not in (NATIVE, PYTHON):
+        raise ConfigError(f"must be {NATIVE!r} or {PYTHON!r}", key=BACKEND_ENV,
+                          fix="unset it to use the native backend where it is installed")
+    return backend
+
+
+def describe_backend(backend: str, workers: int) -> str:
+    """What hashes, for the log: e.g. ``native OpenSSL (OpenSSL 3.0.19 …), 2 threads``."""
+    if backend == NATIVE:
+        return f"native OpenSSL ({_NATIVE_OPENSSL_VERSION}), {workers} thread{'s' if workers > 1 else ''}"
+    parallel = f"{workers} worker processes" if workers > 1 else "in the calling process"
+    why = f"; native unavailable: {NATIVE_UNAVAILABLE}" if NATIVE_UNAVAILABLE else ""
+    return f"pure Python fallback (cryptography's HMAC), {parallel}{why}"
 
 
 @dataclass(frozen=True)
@@ -70,14 +138,15 @@ class Keyed:
         return np.frombuffer(self.data, dtype=np.uint8).reshape(-1, self.width)
 
 
-def _keyed_local(values: pa.Array, canonicaliser: str | None, key: bytes, prefix: bytes, width: int,
-                 hexed: bool) -> tuple[np.ndarray, bytes]:
+def keyed_digests(values: pa.Array, canonicaliser: str | None, key: bytes, prefix: bytes, width: int, hexed: bool,
+                  backend: str) -> tuple[np.ndarray, bytes]:
+    """(valid per row, digests of the valid rows) of one array, in the calling thread."""
     canonical = canonicalise(values, canonicaliser) if canonicaliser else values
     valid = canonical.is_valid().to_numpy(zero_copy_only=False) if len(canonical) else np.zeros(0, dtype=bool)
+    if backend == NATIVE:
+        return valid, _native_digests(canonical, int(np.count_nonzero(valid)), key, prefix, width, hexed)
     present = pc.drop_null(canonical) if canonical.null_count else canonical
-    if pa.types.is_large_string(present.type) or pa.types.is_large_binary(present.type):
-        present = present.cast(pa.string())
-    present = present.cast(pa.binary())
+    present = present.cast(pa.binary())  # the bytes as they are (large_binary need not be UTF-8)
     # Sub-batches keep the per-value Python objects few (large lists slow the allocator and the GC).
     raw = b"".join(hmac_sha256_many(key, prefix, present.slice(start, _SUB_BATCH).to_pylist())
                    for start in range(0, len(present), _SUB_BATCH))
@@ -86,25 +155,132 @@ def _keyed_local(values: pa.Array, canonicaliser: str | None, key: bytes, prefix
     return valid, (raw.hex().encode("ascii") if hexed else raw)
 
 
+def _native_digests(values: pa.Array, valid_count: int, key: bytes, prefix: bytes, width: int, hexed: bool) -> bytes:
+    """The extension over the array's own buffers: 32- or 64-bit offsets, any offset into them (slices)."""
+    if len(values) == 0:
+        return b""
+    if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type):
+        offset_bytes = 8
+    elif pa.types.is_string(values.type) or pa.types.is_binary(values.type):
+        offset_bytes = 4
+    else:  # the fallback hashes these as binary too (and refuses the same types)
+        values, offset_bytes = values.cast(pa.binary()), 4
+    validity, offsets, data = values.buffers()[:3]
+    return hmac_sha256_rows(key, prefix, offsets=offsets, offset_bytes=offset_bytes,
+                            data=b"" if data is None else data, validity=validity if values.null_count else None,
+                            first=values.offset, count=len(values), valid_count=valid_count, width=width,
+                            hexed=hexed)
+
+
 def _to_ipc(values: pa.Array) -> bytes:
     """A slice as Arrow IPC: only the slice's own bytes (pickling a slice would copy its parent's buffers)."""
     batch = pa.record_batch([values], names=["v"])
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
-def _keyed_task(ipc: bytes, canonicaliser: str | None, key: bytes, prefix: bytes, width: int,
-                hexed: bool) -> tuple[bytes, bytes]:
-    """Worker entry point (module level so that a spawned process can import it)."""
+def keyed_task(ipc: bytes, canonicaliser: str | None, key: bytes, prefix: bytes, width: int,
+               hexed: bool) -> tuple[bytes, bytes]:
+    """One request to a worker process: a slice in Arrow IPC form → (packed valid bits, digests)."""
     values = pa.ipc.open_stream(pa.py_buffer(ipc)).read_next_batch().column(0)
-    valid, out = _keyed_local(values, canonicaliser, key, prefix, width, hexed)
+    valid, out = keyed_digests(values, canonicaliser, key, prefix, width, hexed, PYTHON)
     return np.packbits(valid).tobytes(), out
 
 
-def default_workers(env: dict[str, str] | None = None) -> int:
-    """Processes that hash: CONTRACT_EXTRACTS_HASH_WORKERS, else every core (at most 8)."""
+def write_frame(stream: IO[bytes], payload: bytes) -> None:
+    """One message on a worker pipe: its length (8 bytes, big-endian), then its bytes."""
+    stream.write(_FRAME.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def read_frame(stream: IO[bytes]) -> bytes | None:
+    """The next message on a worker pipe, or None when the other end has closed it."""
+    header = stream.read(_FRAME.size)
+    if len(header) < _FRAME.size:
+        return None
+    (size,) = _FRAME.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        return None
+    return payload
+
+
+class HashWorkersUnavailable(RuntimeError):
+    """Worker processes could not be started, or one of them went away."""
+
+
+def worker_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A worker's environment: this one without Airflow's variables, with this process's import path."""
+    env = os.environ if env is None else env
+    clean = {k: v for k, v in env.items() if not k.upper().startswith(("AIRFLOW", "_AIRFLOW"))}
+    clean["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isabs(p))
+    return clean
+
+
+class _WorkerProcesses:
+    """``count`` processes running ``python -m masking.hash_worker``; each serves one request at a time."""
+
+    def __init__(self, count: int) -> None:
+        self._idle: queue.SimpleQueue[subprocess.Popen[bytes]] = queue.SimpleQueue()
+        self._processes: list[subprocess.Popen[bytes]] = []
+        # One thread per process feeds it and waits for its answer, so the processes work at the same time.
+        self._threads = ThreadPoolExecutor(max_workers=count, thread_name_prefix="keyed-hash-worker")
+        try:
+            for _ in range(count):
+                process = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, env=worker_environment())
+                self._processes.append(process)
+                self._idle.put(process)
+        except OSError as exc:
+            self.close()
+            raise HashWorkersUnavailable(f"cannot start a worker process ({value_free(exc)})") from None
+
+    def submit(self, request: tuple[bytes, str | None, bytes, bytes, int, bool]) -> Future[tuple[bytes, bytes]]:
+        return self._threads.submit(self._call, pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _call(self, request: bytes) -> tuple[bytes, bytes]:
+        process = self._idle.get()
+        try:
+            if process.stdin is None or process.stdout is None:
+                raise HashWorkersUnavailable("a worker process has no pipes")
+            try:
+                write_frame(process.stdin, request)
+                answer = read_frame(process.stdout)
+            except (OSError, ValueError) as exc:
+                raise HashWorkersUnavailable(f"a worker process went away ({value_free(exc)})") from None
+        finally:
+            self._idle.put(process)
+        if answer is None:
+            raise HashWorkersUnavailable("a worker process exited")
+        ok, result = pickle.loads(answer)  # noqa: S301 - written by our own worker, over its private pipe
+        if not ok:
+            raise result  # the worker's exception (e.g. DataError: counts, never values)
+        digests: tuple[bytes, bytes] = result
+        return digests
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        for process in self._processes:
+            if process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()  # the worker ends at the end of its input
+        for process in self._processes:
+            try:
+                process.wait(timeout=_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        self._processes = []
+
+
+def default_workers(env: Mapping[str, str] | None = None) -> int:
+    """Threads (or fallback worker processes) that hash: CONTRACT_EXTRACTS_HASH_WORKERS, else every core (≤ 8)."""
     env = os.environ if env is None else env
     raw = env.get(HASH_WORKERS_ENV)
     if raw is None or raw == "":
@@ -114,24 +290,29 @@ def default_workers(env: dict[str, str] | None = None) -> int:
         if workers < 1:
             raise ValueError
     except ValueError:
-        raise ConfigError("must be a positive whole number (1 hashes in the task's own process)",
+        raise ConfigError("must be a positive whole number (1 hashes in the calling thread)",
                           key=HASH_WORKERS_ENV, fix="set it to e.g. 2, or unset it to use every core") from None
     return workers
 
 
 class HashPool:
-    """Computes keyed digests, in this process or split over ``workers`` processes.
+    """Computes keyed digests in the calling thread, or split over ``workers`` threads (or fallback processes).
 
-    ``workers=1`` never starts a process. Otherwise a pool of ``workers`` processes is started on the
-    first array of at least ``min_parallel`` values (spawned, not forked: the task process may hold
-    threads and locks) and reused until ``close()``. Where processes cannot be started, hashing falls
-    back to this process with a warning.
+    ``backend``: ``native`` or ``python``; None: CONTRACT_EXTRACTS_HASH_BACKEND, else ``BACKEND``.
+    ``workers=1`` hashes in the calling thread. Otherwise arrays of at least ``min_parallel`` values are
+    split into slices hashed at the same time: on ``workers`` threads with the native backend, on
+    ``workers`` worker processes with the fallback (started on first need and reused until ``close()``;
+    where they cannot be started, the fallback hashes in the calling process, with a warning).
     """
 
-    def __init__(self, workers: int = 1, *, min_parallel: int = MIN_PARALLEL_VALUES) -> None:
+    def __init__(self, workers: int = 1, *, min_parallel: int = MIN_PARALLEL_VALUES,
+                 backend: str | None = None) -> None:
         self.workers = max(1, int(workers))
         self.min_parallel = max(2, int(min_parallel))
-        self._executor: ProcessPoolExecutor | None = None
+        self._backend = None if backend is None else check_backend(backend)
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: _WorkerProcesses | None = None
+        self._announced = False
 
     def __enter__(self) -> HashPool:
         return self
@@ -139,24 +320,32 @@ class HashPool:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def close(self) -> None:
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            try:
-                executor.shutdown(wait=True, cancel_futures=True)
-            except Exception as exc:  # a broken pool: its processes are gone already
-                log.warning("hash worker pool did not shut down cleanly (%s)", type(exc).__name__)
+    @property
+    def backend(self) -> str:
+        """The backend, settled on first use (so that a pool made at import time reads no settings)."""
+        if self._backend is None:
+            self._backend = default_backend()
+        return self._backend
 
     @property
     def started(self) -> bool:
-        return self._executor is not None
+        """Whether hashing threads or worker processes have been started."""
+        return self._threads is not None or self._processes is not None
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=self.workers,
-                                                 mp_context=multiprocessing.get_context("spawn"))
-            log.info("keyed hashing over %d worker processes", self.workers)
-        return self._executor
+    @property
+    def processes_started(self) -> bool:
+        return self._processes is not None
+
+    def close(self) -> None:
+        threads, self._threads = self._threads, None
+        if threads is not None:
+            threads.shutdown(wait=True, cancel_futures=True)
+        processes, self._processes = self._processes, None
+        if processes is not None:
+            try:
+                processes.close()
+            except Exception as exc:  # a broken pool: its processes are gone already
+                log.warning("hash worker processes did not shut down cleanly (%s)", value_free(exc))
 
     def keyed(self, values: pa.Array, *, canonicaliser: str | None, key: bytes, prefix: bytes,
               width: int = DIGEST_BYTES, hexed: bool = False) -> Keyed:
@@ -166,34 +355,50 @@ class HashPool:
         """
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
-        n = len(values)
-        if self.workers > 1 and n >= self.min_parallel:
+        backend = self.backend
+        if not self._announced:
+            self._announced = True
+            log.info("keyed hashing: %s", describe_backend(backend, self.workers))
+        if self.workers > 1 and len(values) >= self.min_parallel:
+            if backend == NATIVE:
+                return self._on_threads(values, canonicaliser, key, prefix, width, hexed)
             try:
-                return self._parallel(values, canonicaliser, key, prefix, width, hexed)
-            except (BrokenProcessPool, OSError, AssertionError) as exc:
-                # No worker processes here (e.g. a daemonic task process): hash in this process instead.
-                log.warning("hash worker processes are unavailable (%s); hashing in the task process",
-                            type(exc).__name__)
+                return self._on_processes(values, canonicaliser, key, prefix, width, hexed)
+            except HashWorkersUnavailable as exc:
+                log.warning("hash worker processes are unavailable (%s); hashing in the calling process", exc)
                 self.close()
                 self.workers = 1
-        valid, data = _keyed_local(values, canonicaliser, key, prefix, width, hexed)
+        valid, data = keyed_digests(values, canonicaliser, key, prefix, width, hexed, backend)
         return Keyed(valid=valid, data=data, width=width, hexed=hexed)
 
-    def _parallel(self, values: pa.Array, canonicaliser: str | None, key: bytes, prefix: bytes, width: int,
-                  hexed: bool) -> Keyed:
+    def _slices(self, values: pa.Array) -> list[pa.Array]:
         n = len(values)
-        pool = self._pool()
         # A few slices per worker balance the load when one worker is slowed (a busy core).
         step = max(self.min_parallel, -(-n // (self.workers * _SLICES_PER_WORKER)))
-        futures: list[tuple[int, Future[tuple[bytes, bytes]]]] = [
-            (min(step, n - start), pool.submit(_keyed_task, _to_ipc(values.slice(start, step)), canonicaliser,
-                                               key, prefix, width, hexed))
-            for start in range(0, n, step)
-        ]
+        return [values.slice(start, step) for start in range(0, n, step)]
+
+    def _on_threads(self, values: pa.Array, canonicaliser: str | None, key: bytes, prefix: bytes, width: int,
+                    hexed: bool) -> Keyed:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="keyed-hash")
+        threads = self._threads
+        futures = [threads.submit(keyed_digests, part, canonicaliser, key, prefix, width, hexed, NATIVE)
+                   for part in self._slices(values)]
+        results = [future.result() for future in futures]  # in slice order
+        return Keyed(valid=np.concatenate([valid for valid, _ in results]), data=b"".join(d for _, d in results),
+                     width=width, hexed=hexed)
+
+    def _on_processes(self, values: pa.Array, canonicaliser: str | None, key: bytes, prefix: bytes, width: int,
+                      hexed: bool) -> Keyed:
+        if self._processes is None:
+            self._processes = _WorkerProcesses(self.workers)
+        processes = self._processes
+        slices = self._slices(values)
+        packed = [processes.submit((_to_ipc(part), canonicaliser, key, prefix, width, hexed)) for part in slices]
         valids, parts = [], []
-        for size, future in futures:
+        for part, future in zip(slices, packed, strict=True):
             bits, out = future.result()
-            valids.append(np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=size).astype(bool))
+            valids.append(np.unpackbits(np.frombuffer(bits, dtype=np.uint8), count=len(part)).astype(bool))
             parts.append(out)
         return Keyed(valid=np.concatenate(valids) if valids else np.zeros(0, dtype=bool), data=b"".join(parts),
                      width=width, hexed=hexed)

@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from core.errors import KeyError_
+from core.errors import KeyMaterialError
 from core.keyfiles import check_private_file, write_private_file
 
 MASTER_KEY_ENV = "CONTRACT_EXTRACTS_MASTER_KEY"
@@ -31,7 +31,7 @@ MASTER_KEY_FILE_ENV = "CONTRACT_EXTRACTS_MASTER_KEY_FILE"
 CURRENT_KEY_ID_ENV = "CONTRACT_EXTRACTS_MASTER_KEY_ID"
 FORMAT = "contract-extracts/v1"
 Purpose = Literal["pseudonym", "sample", "dateshift"]
-PURPOSES: tuple[str, ...] = ("pseudonym", "sample", "dateshift")
+PURPOSES: tuple[str, ...] = ("pseudonym", "sample", "dateshift", "order")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class MasterKey:
 
     def __post_init__(self) -> None:
         if len(self.secret) != 32:
-            raise KeyError_(f"master key from {self.source} must be 32 bytes")
+            raise KeyMaterialError(f"master key from {self.source} must be 32 bytes")
 
     @property
     def key_id(self) -> str:
@@ -67,14 +67,14 @@ def parse_master_key(text: str, source: str) -> MasterKey:
     """Exactly one master key (64 hex characters, surrounding white space ignored)."""
     value = text.strip()
     if len(value) != 64:
-        raise KeyError_(f"master key from {source} is malformed: expected 64 hex characters "
-                        f"(32 bytes), got {len(value)} characters. Fix: generate one with "
-                        "'contract-extracts keys new-master FILE'")
+        raise KeyMaterialError(f"master key from {source} is malformed: expected 64 hex characters "
+                               f"(32 bytes), got {len(value)} characters. Fix: generate one with "
+                               "'contract-extracts keys new-master FILE'")
     try:
         secret = bytes.fromhex(value)
     except ValueError:
-        raise KeyError_(f"master key from {source} is malformed: not hexadecimal. Fix: generate one "
-                        "with 'contract-extracts keys new-master FILE'") from None
+        raise KeyMaterialError(f"master key from {source} is malformed: not hexadecimal. Fix: generate one "
+                               "with 'contract-extracts keys new-master FILE'") from None
     return MasterKey(secret=secret, source=source)
 
 
@@ -87,8 +87,8 @@ def parse_master_keys(text: str, source: str) -> list[MasterKey]:
     for line in text.splitlines():
         tokens += [t for t in re.split(r"[\s,]+", line.split("#", 1)[0]) if t]
     if not tokens:
-        raise KeyError_(f"{source} holds no master key. Fix: generate one with "
-                        "'contract-extracts keys new-master FILE'")
+        raise KeyMaterialError(f"{source} holds no master key. Fix: generate one with "
+                               "'contract-extracts keys new-master FILE'")
     keys: list[MasterKey] = []
     for n, token in enumerate(tokens, 1):
         where = source if len(tokens) == 1 else f"{source} (key {n} of {len(tokens)})"
@@ -103,7 +103,7 @@ def _read_key_file(path: Path) -> str:
     try:
         return path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError):
-        raise KeyError_(f"master key file {path} cannot be read as text") from None
+        raise KeyMaterialError(f"master key file {path} cannot be read as text") from None
 
 
 def load_master_key_file(path: Path) -> MasterKey:
@@ -129,11 +129,11 @@ class Keyring:
 
     def __post_init__(self) -> None:
         if not self.keys:
-            raise KeyError_(f"{self.source} holds no master key")
+            raise KeyMaterialError(f"{self.source} holds no master key")
         if self.current_id is not None and self.current_id not in self.ids:
-            raise KeyError_(f"the current key id {self.current_id} is not among the master keys of "
-                            f"{self.source} (key ids: {', '.join(self.ids)}). Fix: set "
-                            f"{CURRENT_KEY_ID_ENV} to one of them, or add that key")
+            raise KeyMaterialError(f"the current key id {self.current_id} is not among the master keys of "
+                                   f"{self.source} (key ids: {', '.join(self.ids)}). Fix: set "
+                                   f"{CURRENT_KEY_ID_ENV} to one of them, or add that key")
 
     @property
     def ids(self) -> list[str]:
@@ -143,9 +143,9 @@ class Keyring:
         for key in self.keys:
             if key.key_id == key_id:
                 return key
-        raise KeyError_(f"master key {key_id} is not available from {self.source} (key ids there: "
-                        f"{', '.join(self.ids)}). Fix: add the key with that id to the key source, or "
-                        "change the contract's key_id (pseudonyms then change, see docs/masking.md)")
+        raise KeyMaterialError(f"master key {key_id} is not available from {self.source} (key ids there: "
+                               f"{', '.join(self.ids)}). Fix: add the key with that id to the key source, or "
+                               "change the contract's key_id (pseudonyms then change, see docs/masking.md)")
 
     @property
     def current(self) -> MasterKey:
@@ -153,9 +153,9 @@ class Keyring:
             return self.get(self.current_id)
         if len(self.keys) == 1:
             return self.keys[0]
-        raise KeyError_(f"{self.source} holds {len(self.keys)} master keys ({', '.join(self.ids)}) and none "
-                        f"is named current. Fix: set {CURRENT_KEY_ID_ENV} to the key id new deliveries use, "
-                        "or pin key_id in the contract")
+        raise KeyMaterialError(f"{self.source} holds {len(self.keys)} master keys ({', '.join(self.ids)}) and none "
+                               f"is named current. Fix: set {CURRENT_KEY_ID_ENV} to the key id new deliveries use, "
+                               "or pin key_id in the contract")
 
     def select(self, pinned: str | None) -> MasterKey:
         """The key for a delivery: the contract's pinned key id, else the current key."""
@@ -163,9 +163,12 @@ class Keyring:
 
 
 class KeySource(Protocol):
-    """Where master keys come from. ``load`` raises KeyError_ naming the source, never a key."""
+    """Where master keys come from. ``load`` raises KeyMaterialError naming the source, never a key."""
 
-    description: str
+    @property
+    def description(self) -> str:
+        """What people are told the source is (a file, a variable): never a key."""
+        ...
 
     def load(self) -> Keyring: ...
 
@@ -173,8 +176,8 @@ class KeySource(Protocol):
 def current_key_id_from(env: Mapping[str, str]) -> str | None:
     value = (env.get(CURRENT_KEY_ID_ENV) or "").strip().lower()
     if value and not re.fullmatch(r"[0-9a-f]{16}", value):
-        raise KeyError_(f"{CURRENT_KEY_ID_ENV} is not a key id (16 hex characters, as printed by "
-                        "'contract-extracts keys id')")
+        raise KeyMaterialError(f"{CURRENT_KEY_ID_ENV} is not a key id (16 hex characters, as printed by "
+                               "'contract-extracts keys id')")
     return value or None
 
 
@@ -192,7 +195,7 @@ class EnvKeySource:
     def load(self) -> Keyring:
         text = self.env.get(self.variable)
         if not text:
-            raise KeyError_(f"{self.description} is not set. Fix: set it to a master key (64 hex characters)")
+            raise KeyMaterialError(f"{self.description} is not set. Fix: set it to a master key (64 hex characters)")
         return Keyring(tuple(parse_master_keys(text, self.description)), self.description,
                        current_key_id_from(self.env))
 
@@ -234,9 +237,9 @@ class MissingKeySource:
     description: str = "no key source"
 
     def load(self) -> Keyring:
-        raise KeyError_(f"no master key configured. Fix: set {MASTER_KEY_FILE_ENV} to a 0600 file made with "
-                        f"'contract-extracts keys new-master FILE' (or {MASTER_KEY_ENV} from a secrets store; "
-                        "under Airflow also a Variable or Connection, see docs/masking.md)")
+        raise KeyMaterialError(f"no master key configured. Fix: set {MASTER_KEY_FILE_ENV} to a 0600 file made with "
+                               f"'contract-extracts keys new-master FILE' (or {MASTER_KEY_ENV} from a secrets store; "
+                               "under Airflow also a Variable or Connection, see docs/masking.md)")
 
 
 def default_key_source(env: Mapping[str, str] | None = None) -> KeySource:
@@ -278,6 +281,7 @@ class ContractKeys:
     pseudonym: bytes = field(repr=False)
     sample: bytes = field(repr=False)
     dateshift: bytes = field(repr=False)
+    order: bytes = field(repr=False)  # the delivered row order (masking.row_order)
 
     @classmethod
     def derive(cls, master: MasterKey, contract_id: str, delivery_id: str | None) -> ContractKeys:
@@ -286,6 +290,7 @@ class ContractKeys:
             pseudonym=derive_key(master.secret, "pseudonym", contract_id, delivery_id),
             sample=derive_key(master.secret, "sample", contract_id, delivery_id),
             dateshift=derive_key(master.secret, "dateshift", contract_id, delivery_id),
+            order=derive_key(master.secret, "order", contract_id, delivery_id),
         )
 
     @classmethod
@@ -293,8 +298,8 @@ class ContractKeys:
         """The keys one delivery masks with.
 
         ``linkage: contract``: every key is the contract's (stable pseudonyms, offsets and sample).
-        ``linkage: delivery``: pseudonyms and date-shift offsets use the delivery's keys (fresh every
-        delivery), but the sample keeps the contract's sample key, so that the contractor receives the
+        ``linkage: delivery``: pseudonyms, date-shift offsets and the row order use the delivery's keys (fresh
+        every delivery), but the sample keeps the contract's sample key, so that the contractor receives the
         same people every night (minimum data: fresh samples would reach ever more people over time).
         Both are v1 keys of design.md; which one the sample uses is documented in docs/masking.md.
         """
@@ -305,4 +310,5 @@ class ContractKeys:
             pseudonym=derive_key(master.secret, "pseudonym", contract_id, delivery_id),
             sample=derive_key(master.secret, "sample", contract_id, None),
             dateshift=derive_key(master.secret, "dateshift", contract_id, delivery_id),
+            order=derive_key(master.secret, "order", contract_id, delivery_id),
         )

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -67,16 +68,16 @@ class SampleResult:
     def fraction_delivered(self) -> float | None:
         return self.sample_size / self.population if self.population else None
 
-    def to_state(self) -> dict:
+    def to_state(self) -> dict[str, Any]:
         """Everything needed to apply this draw again (private staging only: holds the rank limit)."""
         return {"entity": self.entity, "fraction": self.fraction, "max_records": self.max_records,
                 "limit": self.limit, "population": self.population, "sample_size": self.sample_size}
 
     @classmethod
-    def from_state(cls, data: dict) -> SampleResult:
+    def from_state(cls, data: Mapping[str, Any]) -> SampleResult:
         return cls(**data)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"entity": self.entity, "fraction_requested": self.fraction, "max_records": self.max_records,
                 "population": self.population, "sample_size": self.sample_size,
                 "fraction_delivered": self.fraction_delivered}

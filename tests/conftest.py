@@ -16,6 +16,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+from demo.runner import ensure_keys, render_demo_contracts
+from tests.authorisation.helpers import write_catalogues, write_registry
+from tests.e2e.demo_state import DemoState, make_demo_state
+
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CONTRACT_EXTRACTS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MARIADB_ADMIN = os.environ.get("CONTRACT_EXTRACTS_TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
@@ -38,9 +42,6 @@ class Workspace:
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
-    from authorisation.testing import write_registry
-    from demo.runner import ensure_keys, render_demo_contracts
-
     home = tmp_path / "state"
     keys = ensure_keys(home)
     config_dir = tmp_path / "configs"
@@ -48,13 +49,19 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     render_demo_contracts(REPO / "configs" / "contracts", config_dir / "contracts", identities)
     # Approvers for the authorise gate: test-iam (Information Asset Manager) and test-approver, keys in
     # <home>/keys/. Nothing is approved here: a test approves what it runs with
-    # authorisation.testing.approve_for_tests(config_dir, home, [contract paths]).
+    # tests.authorisation.helpers.approve_for_tests(config_dir, home, [contract paths]).
     write_registry(config_dir, home)
+    # The demo source's catalogue (configs/sources/demo_claims.yaml), owned by test-iam; approve_for_tests
+    # approves it with the contracts.
+    write_catalogues(config_dir)
     env = {
         "CONTRACT_EXTRACTS_HOME": str(home),
         "CONTRACT_EXTRACTS_CONFIG_DIR": str(config_dir),
         "CONTRACT_EXTRACTS_MASTER_KEY_FILE": str(keys["master"]),
         "CONTRACT_EXTRACTS_SIGNING_KEY_FILE": str(keys["signing"]),
+        # The ledger is keyed by default; these tests tamper with it and read it with plain Ledger(url), so they
+        # choose an unkeyed ledger explicitly (keyed mode has its own tests: tests/audit, tests/pipeline).
+        "CONTRACT_EXTRACTS_INSECURE_UNKEYED_LEDGER": "1",
     }
     monkeypatch.delenv("CONTRACT_EXTRACTS_MASTER_KEY", raising=False)
     monkeypatch.delenv("CONTRACT_EXTRACTS_LEDGER_URL", raising=False)
@@ -88,7 +95,37 @@ def temporary_database(kind: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty ledger database on each back end (test ids ``[sqlite]`` and ``[postgresql]``).
+
+    PostgreSQL is the production ledger, so an unreachable server FAILS these tests (never skips):
+    start it with ``bash scripts/ensure-services.sh``.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        return
+    with temporary_database("postgresql") as url:
+        yield url
+
+
+@pytest.fixture
+def gate_ws(workspace: Workspace, ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """The shared ``workspace`` (keys, rendered demo contracts) with its ledger on ``ledger_url``."""
+    monkeypatch.setenv("CONTRACT_EXTRACTS_LEDGER_URL", ledger_url)
+    monkeypatch.delenv("CONTRACT_EXTRACTS_LEDGER_KEY", raising=False)
+    monkeypatch.delenv("CONTRACT_EXTRACTS_LEDGER_KEY_FILE", raising=False)
+    return workspace
+
+
 def airflow_uri(sqlalchemy_url: str) -> str:
     """The Airflow connection URI of a SQLAlchemy URL (drop the +driver)."""
     scheme, rest = sqlalchemy_url.split("://", 1)
     return scheme.split("+", 1)[0] + "://" + rest
+
+
+@pytest.fixture(scope="session")
+def demo_state(tmp_path_factory: pytest.TempPathFactory) -> DemoState:
+    """`contract-extracts demo` run twice into one state folder, once per session: the end-to-end tests of the demo
+    and of the UI read it; a test that adds to it works on `tests.e2e.demo_state.copy_state`."""
+    return make_demo_state(tmp_path_factory.mktemp("demo"))

@@ -102,6 +102,8 @@ def test_pip_install_in_a_clean_venv_gives_a_working_cli(tmp_path: Path) -> None
         roots = {n.split("/", 1)[0] for n in archive.namelist() if not n.split("/", 1)[0].endswith(".dist-info")}
         assert roots == set(TOP_LEVEL)
         assert "airflow_glue/templates/base.html.j2" in archive.namelist()
+        # The build hook compiled masking's OpenSSL extension into the masking package (hatch_build.py).
+        assert [n for n in archive.namelist() if re.fullmatch(r"masking/_hmac_native\.[^/]+\.so", n)]
         assert not [n for n in archive.namelist() if n.startswith(("tests/", "configs/", "src/"))]
     venv = tmp_path / "venv"
     subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True, env=env, timeout=120)
@@ -117,6 +119,9 @@ def test_pip_install_in_a_clean_venv_gives_a_working_cli(tmp_path: Path) -> None
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith("ok ")
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import extract, masking, airflow_glue.builder; print(extract.__file__)"],
+                            "import extract, masking.hashing, airflow_glue.builder; print(extract.__file__); "
+                            "print(masking.hashing.BACKEND)"],
                            cwd=outside, env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert Path(where.stdout.strip()).is_relative_to(venv)
+    module_file, backend = where.stdout.split()
+    assert Path(module_file).is_relative_to(venv)
+    assert backend == "native"

@@ -1,18 +1,17 @@
 """Validation stage: the Great Expectations gate a staged file must pass before it is packaged.
 
-Importing this package is cheap: Great Expectations is only imported when a suite is built or a
-file is validated.
+Importing this package does not import Great Expectations (seconds): that happens when a suite is
+built, a file is validated or a report is rendered (``gx_adapter.import_gx``).
 """
 
-from validation.gate import (
+from validation.model import (
     PSEUDONYM_REGEX,
     ColumnRule,
     DatasetRules,
     ExpectationOutcome,
     ValidationSummary,
-    build_suite,
-    validate_parquet,
 )
+from validation.staged_file import build_suite, validate_parquet
 
 __all__ = [
     "PSEUDONYM_REGEX",

@@ -1,19 +1,22 @@
-"""Custom Great Expectations expectations of the release gate (imported only after GX, by ``gate``).
+"""Custom Great Expectations expectations of the release gate (imported only with GX, by ``gx_adapter``).
 
 Two kinds:
 
 * **Row-wise**: ``ExpectColumnValuesToNotContainSourceIdentifiers`` (the leak check) and
   ``ExpectColumnValuesToBeMultiplesOf`` (bands, rounding). Each has a ``ColumnMapMetricProvider`` for
-  pandas, which GX runs on the head of the file for ``gate``'s cross-check (and on every batch where
-  no vectorised metric applies); on the whole file ``gate`` computes the same metric with pyarrow
-  (``metrics``, sharing ``_multiple`` and ``leakage.IdentifierSample.leaked`` with the providers here)
-  and the expectation's own ``_validate`` decides.
+  pandas, which GX runs on the head of the file for ``staged_file``'s cross-check (and on every batch
+  where no vectorised metric applies); on the whole file ``staged_file`` computes the same metric with
+  pyarrow (``metrics``, sharing ``is_multiple`` and ``leakage.IdentifierSample.leaked`` with the
+  providers here) and the expectation's own decision (``gx_adapter.decide``) applies.
 * **Metric-fed** (decided by the expectation's own ``_validate`` on a value-free metric the gate
-  computes over the whole file or across files, as ``gate`` already does for the row count):
-  ``ExpectColumnValuesToExistInDataset`` (referential integrity), ``ExpectTableArrowTypesToEqual``,
+  computes over the whole file or across files, as ``staged_file`` already does for the row count):
+  ``ExpectColumnValuesToExistInDataset`` (referential integrity), ``ExpectColumnValuesToBeInPopulation``
+  (minimum data: no row of anyone outside the contract's population), ``ExpectTableArrowTypesToEqual``,
   ``ExpectDisclosureThresholdToHold``, ``ExpectSampleToMatchContract``,
-  ``ExpectTableCellsNotRecoverable``. They declare ``metric_dependencies`` for documentation; no GX
-  metric provider computes them (their inputs span files or need the raw source).
+  ``ExpectTableCellsNotRecoverable``, ``ExpectColumnParquetStatisticsToBeAbsent`` (no identifier value in
+  the file's statistics) and ``ExpectSourceIdentifiersToBeDrawn`` (the leak check searched for something).
+  They declare ``metric_dependencies`` for documentation; no GX metric provider computes them (their
+  inputs span files or need the raw source).
 
 No kwarg of any expectation holds a data value: the leak check refers to its identifier sample by an
 opaque token (``leakage.register``), whose values live only in this process's memory.
@@ -26,25 +29,18 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
-from great_expectations.execution_engine import PandasExecutionEngine
+import pandas as pd  # type: ignore[import-untyped]  # pandas ships no type information (no stubs pinned)
+from great_expectations.execution_engine.pandas_execution_engine import PandasExecutionEngine
 from great_expectations.expectations.expectation import BatchExpectation, ColumnMapExpectation
-from great_expectations.expectations.metrics.map_metric_provider import (
-    ColumnMapMetricProvider,
+from great_expectations.expectations.metrics.map_metric_provider.column_condition_partial import (
     column_condition_partial,
+)
+from great_expectations.expectations.metrics.map_metric_provider.column_map_metric_provider import (
+    ColumnMapMetricProvider,
 )
 
 from validation import leakage
-from validation.metrics import is_multiple as _multiple  # one definition, shared with gate
-
-NOT_SOURCE_IDENTIFIER = "expect_column_values_to_not_contain_source_identifiers"
-MULTIPLES_OF = "expect_column_values_to_be_multiples_of"
-EXIST_IN_DATASET = "expect_column_values_to_exist_in_dataset"
-ARROW_TYPES = "expect_table_arrow_types_to_equal"
-DISCLOSURE_THRESHOLD = "expect_disclosure_threshold_to_hold"
-SAMPLE_MATCHES = "expect_sample_to_match_contract"
-CELLS_NOT_RECOVERABLE = "expect_table_cells_not_recoverable"
-
+from validation.metrics import is_multiple  # one definition, shared with the vectorised metric
 
 # ------------------------------------------------------------------------------------ leak check
 
@@ -89,7 +85,7 @@ class ColumnValuesMultipleOf(ColumnMapMetricProvider):
         if pd.api.types.is_integer_dtype(column.dtype) and float(base).is_integer():
             return pd.Series(np.asarray(column, dtype=np.int64) % int(base) == 0, index=column.index)
         step = Decimal(str(base))
-        return column.map(lambda v: _multiple(v, step)).astype(bool)
+        return column.map(lambda v: is_multiple(v, step)).astype(bool)
 
 
 class ExpectColumnValuesToBeMultiplesOf(ColumnMapExpectation):
@@ -124,6 +120,64 @@ class ExpectColumnValuesToExistInDataset(ColumnMapExpectation):
                                                   "contributors": ["contract-extracts"]}
 
 
+class ExpectColumnValuesToBeInPopulation(ColumnMapExpectation):
+    """Every entity pseudonym of the column occurs in ``population_column`` of ``population_dataset``: the rows
+    of a dataset restricted to the contract's population belong to people of that population.
+
+    Metric-fed like ``ExpectColumnValuesToExistInDataset`` (the same bounded, hash-split pass over both files).
+    """
+
+    population_dataset: str
+    population_column: str
+
+    map_metric = "column_values.in_population"
+    success_keys = ("population_dataset", "population_column", "mostly")
+    args_keys = ("column", "population_dataset", "population_column")
+    library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
+                                                  "contributors": ["contract-extracts"]}
+
+
+class ExpectColumnParquetStatisticsToBeAbsent(BatchExpectation):
+    """No row group of the Parquet file holds min/max statistics of ``column`` (an identifier or free text):
+    statistics are values, readable without decompressing a page."""
+
+    column: str
+
+    metric_dependencies = ("parquet.row_groups_with_statistics",)
+    success_keys = ("column",)
+    args_keys = ("column",)
+    library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
+                                                  "contributors": ["contract-extracts"]}
+
+    def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
+                  execution_engine: Any = None) -> dict[str, Any]:
+        groups = int(metrics["parquet.row_groups_with_statistics"])
+        return {"success": groups == 0,
+                "result": {"observed_value": f"{groups} row group(s) with min/max statistics"}}
+
+
+class ExpectSourceIdentifiersToBeDrawn(BatchExpectation):
+    """The leak check drew raw identifiers to search for: a search for nothing cannot pass for a clean result.
+
+    Passes when identifiers were drawn, or when there is nothing they could leak into (no catalogued
+    identifier in the tables read, or no delivered row).
+    """
+
+    metric_dependencies = ("leak_check.drawn", "leak_check.identifier_columns", "leak_check.delivered_rows")
+    library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
+                                                  "contributors": ["contract-extracts"]}
+
+    def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
+                  execution_engine: Any = None) -> dict[str, Any]:
+        drawn = int(metrics["leak_check.drawn"])
+        columns = int(metrics["leak_check.identifier_columns"])
+        rows = int(metrics["leak_check.delivered_rows"])
+        success = drawn > 0 or columns == 0 or rows == 0
+        return {"success": success, "result": {"observed_value": f"{drawn} identifier(s) drawn from {columns} "
+                                                                 f"catalogued identifier column(s); {rows} row(s) "
+                                                                 "delivered"}}
+
+
 class ExpectTableArrowTypesToEqual(BatchExpectation):
     """The file's columns have exactly these Arrow types, in this order (``[[name, type], ...]``)."""
 
@@ -135,8 +189,8 @@ class ExpectTableArrowTypesToEqual(BatchExpectation):
     library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
                                                   "contributors": ["contract-extracts"]}
 
-    def _validate(self, metrics: dict, runtime_configuration: dict | None = None,
-                  execution_engine: Any = None) -> dict:
+    def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
+                  execution_engine: Any = None) -> dict[str, Any]:
         observed = [list(pair) for pair in metrics["table.arrow_types"]]
         expected = [list(pair) for pair in self.types]
         mismatched = [name for (name, t), (_, u) in zip(expected, observed, strict=False) if t != u]
@@ -160,8 +214,8 @@ class ExpectDisclosureThresholdToHold(BatchExpectation):
     library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
                                                   "contributors": ["contract-extracts"]}
 
-    def _validate(self, metrics: dict, runtime_configuration: dict | None = None,
-                  execution_engine: Any = None) -> dict:
+    def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
+                  execution_engine: Any = None) -> dict[str, Any]:
         below_k = int(metrics["disclosure.records_below_k"])
         below_l = metrics.get("disclosure.records_below_l")
         smallest = metrics.get("disclosure.k_anonymity")
@@ -188,8 +242,8 @@ class ExpectSampleToMatchContract(BatchExpectation):
     library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
                                                   "contributors": ["contract-extracts"]}
 
-    def _validate(self, metrics: dict, runtime_configuration: dict | None = None,
-                  execution_engine: Any = None) -> dict:
+    def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
+                  execution_engine: Any = None) -> dict[str, Any]:
         population = metrics.get("sample.population")
         size = metrics.get("sample.size")
         if size is None:
@@ -223,8 +277,8 @@ class ExpectTableCellsNotRecoverable(BatchExpectation):
     library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
                                                   "contributors": ["contract-extracts"]}
 
-    def _validate(self, metrics: dict, runtime_configuration: dict | None = None,
-                  execution_engine: Any = None) -> dict:
+    def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
+                  execution_engine: Any = None) -> dict[str, Any]:
         lines = int(metrics["table.recoverable_lines"])
         return {"success": lines == 0,
                 "result": {"observed_value": f"{lines} line(s) with exactly one suppressed cell"}}

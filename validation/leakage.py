@@ -1,12 +1,15 @@
 """The leak check's raw material: a sample of raw identifiers drawn from the source, held only in memory.
 
-At validation time the gate draws up to ``per_column`` values (plain ``SELECT col … WHERE col IS NOT
-NULL LIMIT n``) of every pseudonymised column of the contract, and of the extra identifier columns the
-contract names under ``disclosure.source_identifiers`` (e.g. names that are never delivered), and
-canonicalises them: all (Unicode) white space removed, upper case. Every string column of every
-output file is canonicalised the same way and searched:
+At validation time the gate draws up to ``per_column`` values (plain ``SELECT col … WHERE <the
+dataset's filter and population> AND col IS NOT NULL LIMIT n``) of every identifier column the source
+catalogue lists for the tables read (delivered or not), of every pseudonymised column, and of the extra
+columns the contract names under ``disclosure.source_identifiers`` (``source_facts``), and canonicalises
+them: all (Unicode) white space removed, upper case. Every column of every output file is rendered as
+text, canonicalised the same way and searched:
 
-* **exact**: a delivered value equal to an identifier (any column, pseudonym columns included);
+* **exact**: a delivered value equal to an identifier (every column: pseudonyms, numbers and dates as
+  their text; a non-text column is only searched when some identifier could be a number's or a date's
+  text, ``IdentifierSample.could_be_rendered``);
 * **substring**: a delivered value containing an identifier (every non-pseudonym string column;
   only identifiers of at least ``MIN_SUBSTRING`` characters, so short codes cannot match by chance).
 
@@ -21,11 +24,14 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
 
 from core.errors import ContractExtractsError
 
@@ -38,9 +44,13 @@ _CHUNK = 400  # identifiers per RE2 alternation (keeps each compiled program sma
 
 
 _DICTIONARY_PROBE = 4_096  # values looked at to decide whether searching distinct values pays off
+# Canonical texts of numbers, dates, times and timestamps (digits, signs, '.', ':', exponent 'E', UTC 'Z'),
+# and the words pyarrow and pandas render special values with.
+_RENDERED = r"^[0-9.:+\-EZ]+$"
+_RENDERED_WORDS = pa.array(["TRUE", "FALSE", "NAN", "INF", "-INF", "+INF", "NAT", "NONE", "<NA>"], pa.string())
 
 
-def _as_array(values: pa.Array | list) -> pa.Array:
+def _as_array(values: pa.Array | list[Any]) -> pa.Array:
     array = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, pa.string())
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
@@ -62,7 +72,7 @@ def _ascii_without_space(text: pa.Array) -> tuple[bool, bool]:
     return bool(data.max() < 0x80), not bool((data <= 0x20).any())
 
 
-def leak_canonical(values: pa.Array | list) -> pa.Array:
+def leak_canonical(values: pa.Array | list[Any]) -> pa.Array:
     """White space removed, upper case (nulls stay null)."""
     text = pc.cast(_as_array(values), pa.string())
     ascii_only, no_space = _ascii_without_space(text)
@@ -83,10 +93,10 @@ class IdentifierSample:
     drawn: int = 0
     too_short: int = 0
     shortest_pattern: int = 0  # characters of the shortest identifier in ``patterns`` (0: unknown)
-    columns: list[dict] = field(default_factory=list)  # {"dataset", "column", "drawn"}
+    columns: list[dict[str, Any]] = field(default_factory=list)  # {"dataset", "column", "drawn"}
 
     @classmethod
-    def from_values(cls, values: list, columns: list[dict] | None = None) -> IdentifierSample:
+    def from_values(cls, values: list[Any], columns: list[dict[str, Any]] | None = None) -> IdentifierSample:
         canonical = leak_canonical(pa.array([None if v is None else str(v) for v in values], pa.string()))
         lengths = pc.fill_null(pc.utf8_length(canonical), 0)
         digits = pc.fill_null(pc.match_substring_regex(canonical, pattern=r"^[0-9]+$"), False)
@@ -104,6 +114,16 @@ class IdentifierSample:
     def searched(self) -> int:
         return len(self.exact)
 
+    @property
+    def could_be_rendered(self) -> bool:
+        """Whether some identifier searched for could be the text of a number, date, time or boolean (as pyarrow
+        or pandas renders one, canonicalised); if none could, a column of those types cannot leak one."""
+        if not len(self.exact):
+            return False
+        rendered = pc.match_substring_regex(self.exact, pattern=_RENDERED)
+        words = pc.is_in(self.exact, value_set=_RENDERED_WORDS)
+        return bool(pc.any(pc.or_(pc.fill_null(rendered, False), pc.fill_null(words, False))).as_py())
+
     def leaked(self, values: list[str] | pa.Array, *, substring: bool) -> np.ndarray:
         """True where a value equals (or contains) one of the identifiers, after canonicalisation."""
         array = _as_array(values)
@@ -117,7 +137,7 @@ class IdentifierSample:
                         return np.zeros(len(array), dtype=bool)
                     distinct = self._leaked(encoded.dictionary, substring)
                     indices = encoded.indices
-                    hit = distinct[np.asarray(pc.fill_null(indices, 0).to_numpy(zero_copy_only=False))]
+                    hit: np.ndarray = distinct[np.asarray(pc.fill_null(indices, 0).to_numpy(zero_copy_only=False))]
                     if indices.null_count:
                         hit &= np.asarray(indices.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
                     return hit
@@ -150,7 +170,7 @@ class IdentifierSample:
             hit[rows] |= found
         return hit
 
-    def facts(self) -> dict:
+    def facts(self) -> dict[str, Any]:
         """Value-free: how many identifiers were drawn, searched for, too short to search."""
         return {"drawn": self.drawn, "searched": self.searched, "too_short": self.too_short,
                 "columns": list(self.columns)}
@@ -180,19 +200,15 @@ def lookup(token: str) -> IdentifierSample:
     return sample
 
 
-def draw_identifiers(engine, tables: list[tuple[str, object, list[str]]], *,
+def draw_identifiers(engine: sa.Engine, draws: Sequence[tuple[str, str, sa.Select[Any]]], *,
                      per_column: int = PER_COLUMN) -> IdentifierSample:
-    """Draw up to ``per_column`` non-null values of each (dataset, sa.Table, columns) from the source."""
-    import sqlalchemy as sa
-
-    values: list = []
-    columns: list[dict] = []
+    """Draw up to ``per_column`` non-null values of each (dataset, column, one-column SELECT) from the source."""
+    values: list[Any] = []
+    columns: list[dict[str, Any]] = []
     with engine.connect() as conn:
-        for dataset, table, names in tables:
-            for name in names:
-                column = table.c[name]
-                statement = sa.select(column).where(column.is_not(None)).limit(per_column)
-                drawn = [row[0] for row in conn.execute(statement)]
-                values.extend(drawn)
-                columns.append({"dataset": dataset, "column": name, "drawn": len(drawn)})
+        for dataset, name, statement in draws:
+            column = statement.selected_columns[0]
+            drawn = [row[0] for row in conn.execute(statement.where(column.is_not(None)).limit(per_column))]
+            values.extend(drawn)
+            columns.append({"dataset": dataset, "column": name, "drawn": len(drawn)})
     return IdentifierSample.from_values(values, columns)

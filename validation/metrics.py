@@ -1,8 +1,8 @@
 """The metrics of the gate's column expectations, computed with pyarrow.compute on Arrow batches (no pandas).
 
-Great Expectations stays the decision function (``gate`` feeds these counts to each expectation's own
-``_validate``); this module only counts, per Arrow batch, what GX's pandas metric would count on the
-same rows:
+Great Expectations stays the decision function (``staged_file`` feeds these counts to each expectation's
+own decision, ``gx_adapter.decide``); this module only counts, per Arrow batch, what GX's pandas metric
+would count on the same rows:
 
 * **nulls** as GX sees them: pandas ``isnull`` after ``to_pandas``, i.e. Arrow nulls, plus NaN in
   floating columns and the NaT sentinel (int64 minimum) in timestamp/duration columns. Map
@@ -21,7 +21,7 @@ same rows:
     int64 column holding nulls, which pandas turns into float64); decimal columns exactly, as Python
     compares ``Decimal`` with ``float``.
   - ``in_set``: string columns against the *string* members of the set (pandas' Arrow-backed ``isin``).
-  - ``multiple_of`` (``expectations._multiple`` is ``is_multiple`` here): integers exactly; decimals
+  - ``multiple_of`` (``expectations`` shares ``is_multiple`` with this module): integers exactly; decimals
     exactly (``pc.remainder``); floats through the shortest decimal repr (``Decimal(str(v))``),
     vectorised where that repr provably has at most the base's decimal places. Value by value with
     ``is_multiple`` itself where GX's ``Decimal`` arithmetic could raise or round (huge values,
@@ -34,14 +34,14 @@ same rows:
     finds.
 
 A (kind, Arrow type, kwargs) this module cannot reproduce exactly has no vectorised metric
-(``column_metric`` returns None) and ``gate`` runs real GX on pandas batches for it instead.
+(``column_metric`` returns None) and ``staged_file`` runs real GX on pandas batches for it instead.
 
 Known difference, by design: GX sees an int64 column with a null in the batch as float64, so beyond
 2**53 its ``multiple_of`` works on a rounded value; the vectorised metric uses the exact integer (and
-``gate``'s cross-check fails such an expectation closed if it meets this in the head slice).
+``staged_file``'s cross-check fails such an expectation closed if it meets this in the head slice).
 
 Values never leave this module: functions return counts only, and errors are raised as they come
-(``gate`` keeps only the exception type).
+(``staged_file`` keeps only the exception type).
 """
 
 from __future__ import annotations
@@ -51,9 +51,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal, InvalidOperation, getcontext, localcontext
-from re import _constants as sre
-from re import _parser as sre_parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -61,14 +59,24 @@ import pyarrow.compute as pc
 
 from core.errors import ContractExtractsError
 from validation import leakage
+from validation.model import (
+    MULTIPLES_OF,
+    NOT_SOURCE_IDENTIFIER,
+    VALUE_LENGTHS_EQUAL,
+    VALUES_BETWEEN,
+    VALUES_IN_SET,
+    VALUES_MATCH_REGEX,
+    VALUES_NOT_NULL,
+)
 
-VALUES_MATCH_REGEX = "expect_column_values_to_match_regex"
-VALUE_LENGTHS_EQUAL = "expect_column_value_lengths_to_equal"
-VALUES_NOT_NULL = "expect_column_values_to_not_be_null"
-VALUES_BETWEEN = "expect_column_values_to_be_between"
-VALUES_IN_SET = "expect_column_values_to_be_in_set"
-NOT_SOURCE_IDENTIFIER = "expect_column_values_to_not_contain_source_identifiers"
-MULTIPLES_OF = "expect_column_values_to_be_multiples_of"
+# Python's own regex parser (private modules of ``re``): typeshed describes them under their deprecated
+# public aliases, which are the same modules but warn when imported.
+if TYPE_CHECKING:
+    import sre_constants as sre
+    import sre_parse
+else:
+    from re import _constants as sre
+    from re import _parser as sre_parse
 
 _INT64_MIN = -(2**63)
 _SAFE_FLOAT = 2.0**50  # |v·10^k| below this: float → integer rounding is exact (see _float_multiples)
@@ -93,20 +101,20 @@ Metric = Callable[[pa.Array], Counts]
 
 
 def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
 
 def _is_int(t: pa.DataType) -> bool:
     # uint64 is left to GX: pandas compares it with Python ints (exactly), numpy with floats.
-    return pa.types.is_integer(t) and not pa.types.is_uint64(t)
+    return bool(pa.types.is_integer(t) and not pa.types.is_uint64(t))
 
 
 def _is_float(t: pa.DataType) -> bool:
-    return pa.types.is_float32(t) or pa.types.is_float64(t)
+    return bool(pa.types.is_float32(t) or pa.types.is_float64(t))
 
 
 def _is_decimal(t: pa.DataType) -> bool:
-    return pa.types.is_decimal128(t) and t.scale >= 0  # pyarrow compares no negative-scale decimal
+    return bool(pa.types.is_decimal128(t) and t.scale >= 0)  # pyarrow compares no negative-scale decimal
 
 
 def _nullable_plainly(t: pa.DataType) -> bool:
@@ -156,7 +164,7 @@ def _char(code: int) -> str:
     return chr(code) if chr(code).isascii() and chr(code).isalnum() else f"\\x{{{code:x}}}"
 
 
-def _set(items: list) -> str:
+def _set(items: list[tuple[Any, Any]]) -> str:
     out = []
     negate = False
     for op, av in items:
@@ -233,7 +241,7 @@ def python_regex_to_re2(pattern: str) -> str | None:
 # ------------------------------------------------------------------------------------ expectations
 
 
-def _regex(pattern: str) -> Metric | None:
+def _regex(pattern: Any) -> Metric | None:
     translated = python_regex_to_re2(pattern)
     if translated is None:
         return None
@@ -306,7 +314,7 @@ def _compare(values: pa.Array, bound: float, op: str) -> pa.Array:
     return functions[op](as_float, bound)
 
 
-def _between(kwargs: dict, t: pa.DataType) -> Metric | None:
+def _between(kwargs: dict[str, Any], t: pa.DataType) -> Metric | None:
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     strict_min, strict_max = bool(kwargs.get("strict_min")), bool(kwargs.get("strict_max"))
     if not (_is_int(t) or _is_float(t) or _is_decimal(t)) or not (_bound(low) and _bound(high)):
@@ -461,6 +469,13 @@ def _multiple_of(base: Any, t: pa.DataType) -> Metric | None:
 # ------------------------------------------------------------------------------------------- leaks
 
 
+def _renders_plainly(t: pa.DataType) -> bool:
+    """Types whose values pyarrow and pandas render as digits, signs, '.', ':', 'E', 'Z' or a few words only."""
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+                or pa.types.is_date(t) or pa.types.is_timestamp(t) or pa.types.is_time(t)
+                or pa.types.is_boolean(t))
+
+
 def _leaks(token: Any, substring: Any, t: pa.DataType) -> Metric | None:
     if not isinstance(token, str):
         return None
@@ -470,8 +485,13 @@ def _leaks(token: Any, substring: Any, t: pa.DataType) -> Metric | None:
         return None
     substring = bool(substring)
 
+    # A number, date, time or boolean renders as text no identifier of the sample could equal: nothing to search.
+    rendered_only = _renders_plainly(t) and not sample.could_be_rendered
+
     def metric(values: pa.Array) -> Counts:
         nulls = null_mask(values)
+        if rendered_only:
+            return Counts(nulls=_count(nulls), unexpected=0)
         if _is_string(t):  # GX renders str with astype(str): the same strings
             hit = sample.leaked(_strings(values), substring=substring)
         else:
@@ -505,11 +525,11 @@ _KNOWN_KWARGS = {
 _STRING_ONLY = {VALUES_MATCH_REGEX, VALUE_LENGTHS_EQUAL, VALUES_IN_SET}
 
 
-def column_metric(kind: str, kwargs: dict, t: pa.DataType) -> Metric | None:
+def column_metric(kind: str, kwargs: dict[str, Any], t: pa.DataType) -> Metric | None:
     """The vectorised metric of one column expectation on a column of Arrow type ``t``, or None.
 
     ``kwargs`` are the expectation's configuration kwargs (what GX passes to its metric). None means
-    the result could differ from GX's for this combination: ``gate`` then runs GX itself on batches.
+    the result could differ from GX's for this combination: ``staged_file`` then runs GX itself on batches.
     """
     allowed = _KNOWN_KWARGS.get(kind)
     # "mostly" only changes the decision, which GX's _validate makes; anything else set (row_condition,

@@ -9,8 +9,12 @@
 * Domains: what each treatment can produce (years in a plausible range, quarter/month/postcode
   shapes, age-band and mapping labels, multiples of a rounding base, top/bottom codes), replaced by
   the disclosure stage's generalisation where it coarsened a column.
-* Leak check: every string column (exact match in pseudonym columns, substring elsewhere), except
-  columns delivered ``unmasked`` under an approved business requirement.
+* Leak check: every column (exact match in pseudonym columns and in numbers and dates as text,
+  substring in other strings), except columns delivered ``unmasked`` under an approved business
+  requirement; and it must have drawn identifiers when the tables read have catalogued ones.
+* Population: every row of a dataset restricted to the contract's population belongs to it (its entity
+  pseudonyms occur in the defining dataset).
+* Parquet statistics: none for a column the source catalogue classes as identifier or free text.
 * Aggregate tables (``disclosure.json``): columns and types, rounding base, minimum published
   count, no recoverable suppressed cell.
 """
@@ -18,16 +22,25 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
+from contracts.catalogue import Catalogue, PopulationPlan, protected_columns
+from contracts.column_treatments import Pseudonymise
+from contracts.disclosure import BandHierarchy
 from contracts.model import Contract
-from contracts.treatments import Pseudonymise
-from validation.gate import ColumnRule, DatasetRules, Domain
-from validation.release import (
+from disclosure.assess import sample_info
+from disclosure.tables import round_to_base
+from masking import generalise
+from validation.model import (
+    ColumnRule,
+    DatasetRules,
     DeliveryRules,
     DisclosureCheck,
+    Domain,
+    LeakDraw,
     Reference,
     SampleCheck,
+    StatisticsCheck,
     TableCheck,
 )
 
@@ -85,22 +98,16 @@ def _generalise_domains(t: Any, type_name: str | None, run_year: int) -> list[Do
     if to == "mapping" and getattr(t, "mapping", None):
         labels = set(t.mapping.values()) | ({t.other} if getattr(t, "other", None) is not None else set())
         return [Domain("in_set", values=tuple(sorted(labels)))]
-    try:
-        from masking import generalise as g
-    except ImportError:  # pragma: no cover - the masking engine is part of the package
-        return []
-    if to == "age_band" and hasattr(g, "age_band_labels"):
+    if to == "age_band" and hasattr(generalise, "age_band_labels"):
         edges = t.age_edges if hasattr(t, "age_edges") else None
-        return [Domain("in_set", values=tuple(g.age_band_labels(t.width, t.top, edges)))]
-    if to == "band" and getattr(t, "edges", None) and hasattr(g, "number_band_labels"):
-        return [Domain("in_set", values=tuple(g.number_band_labels(list(t.edges))))]
+        return [Domain("in_set", values=tuple(generalise.age_band_labels(t.width, t.top, edges)))]
+    if to == "band" and getattr(t, "edges", None) and hasattr(generalise, "number_band_labels"):
+        return [Domain("in_set", values=tuple(generalise.number_band_labels(list(t.edges))))]
     return []
 
 
 def _disclosure_domains(contract: Contract, column: str, level: int, current: list[Domain]) -> list[Domain]:
     """Domains of a column the disclosure stage generalised to ``level`` of its hierarchy."""
-    from contracts.disclosure import BandHierarchy
-
     hierarchy = (contract.disclosure.hierarchies or {}).get(column) if contract.disclosure else None
     if hierarchy is None or level <= 0:
         return current
@@ -116,7 +123,8 @@ def _disclosure_domains(contract: Contract, column: str, level: int, current: li
     return [Domain("in_set", values=tuple(sorted(labels)))]
 
 
-def source_unique_columns(contract: Contract, state: dict, reflected: dict[str, set[str]]) -> dict[str, set[str]]:
+def source_unique_columns(contract: Contract, state: dict[str, Any],
+                          reflected: dict[str, set[str]]) -> dict[str, set[str]]:
     """Per dataset: the pseudonymised columns whose source column is unique.
 
     ``source_unique`` recorded by the extract (per column in ``extract.json``) wins; otherwise the
@@ -136,11 +144,9 @@ def source_unique_columns(contract: Contract, state: dict, reflected: dict[str, 
     return out
 
 
-def delivery_rules(contract: Contract, state: dict, disclosure_doc: dict | None, *,
-                   unique: dict[str, set[str]], run_year: int) -> DeliveryRules:
-    from disclosure.assess import sample_info
-    from disclosure.tables import round_to_base
-
+def delivery_rules(contract: Contract, state: dict[str, Any], disclosure_doc: dict[str, Any] | None, *,
+                   unique: dict[str, set[str]], run_year: int, catalogue: Catalogue | None = None,
+                   population: PopulationPlan | None = None) -> DeliveryRules:
     doc = disclosure_doc or {}
     microdata = doc.get("microdata", True) is not False
     generalised: dict[tuple[str, str], int] = {}
@@ -167,7 +173,10 @@ def delivery_rules(contract: Contract, state: dict, disclosure_doc: dict | None,
                     domains = _disclosure_domains(contract, c["name"], level, domains)
                 if c["pseudonym"]:
                     domains = [d for d in domains if d.kind != "regex"]
-                leak = "exact" if c["pseudonym"] else ("substring" if _is_string(c.get("type")) else None)
+                # Every column is searched: strings for an identifier inside them, anything else for an identifier
+                # equal to its text (a raw id kept in a number column).
+                leak: Literal["exact", "substring"] | None = (
+                    "substring" if _is_string(c.get("type")) and not c["pseudonym"] else "exact")
                 if getattr(treatment, "treatment", None) == "unmasked":
                     leak = None  # delivered in clear by an approved business requirement
                 # Local suppression nulls single key values: those columns can no longer be NOT NULL.
@@ -189,14 +198,15 @@ def delivery_rules(contract: Contract, state: dict, disclosure_doc: dict | None,
     for a in doc.get("aggregates", []):
         columns = []
         for c in a["schema"]:
-            domains: list[Domain] = []
+            table_domains: list[Domain] = []
             if c["name"] == "count":
-                domains.append(Domain("multiple_of", base=float(a["rounding"])))
+                table_domains.append(Domain("multiple_of", base=float(a["rounding"])))
                 grossed = a.get("grossed")
                 if not grossed or grossed.get("by") != "weight":
                     factor = float(grossed["factor"]) if grossed else 1.0
-                    domains.append(Domain("between", min_value=round_to_base(a["threshold"] * factor, a["rounding"])))
-            columns.append(ColumnRule(name=c["name"], type=c["type"], domains=tuple(domains),
+                    table_domains.append(Domain("between",
+                                                min_value=round_to_base(a["threshold"] * factor, a["rounding"])))
+            columns.append(ColumnRule(name=c["name"], type=c["type"], domains=tuple(table_domains),
                                       leak="substring" if _is_string(c["type"]) else None))
         datasets.append(DatasetRules(dataset=a["name"], columns=tuple(columns), min_rows=0,
                                      expected_rows=int(a["rows"])))
@@ -236,5 +246,21 @@ def delivery_rules(contract: Contract, state: dict, disclosure_doc: dict | None,
     if contract.sample is not None:
         sample_check = SampleCheck(fraction=contract.sample.fraction, max_records=contract.sample.max_records,
                                    population=(sample or {}).get("population"), size=(sample or {}).get("size"))
+    population_checks: list[Reference] = []
+    statistics: list[StatisticsCheck] = []
+    leak_draw = None
+    delivered = {ds["name"] for ds in state["datasets"]} if microdata else set()
+    if population is not None and population.dataset in delivered:
+        population_checks = [Reference(name, column, population.dataset, population.column)
+                             for name, column in population.restricted.items() if name in delivered]
+    if catalogue is not None:
+        statistics = [StatisticsCheck(ds["name"], column) for ds in state["datasets"] if ds["name"] in delivered
+                      for column in protected_columns(contract.dataset(ds["name"]), catalogue)]
+        tables_read = dict.fromkeys(d.table for d in contract.datasets)
+        rows = sum(int(ds["rows"]) for ds in state["datasets"] if ds["name"] in delivered)
+        rows += sum(int(a["rows"]) for a in doc.get("aggregates", []))
+        leak_draw = LeakDraw(identifier_columns=sum(len(catalogue.identifiers(t)) for t in tables_read),
+                             delivered_rows=rows)
     return DeliveryRules(datasets=tuple(datasets), references=tuple(references), disclosure=tuple(checks),
-                         tables=tuple(tables), sample=sample_check, notes=tuple(notes))
+                         tables=tuple(tables), sample=sample_check, notes=tuple(notes),
+                         population=tuple(population_checks), statistics=tuple(statistics), leak_draw=leak_draw)

@@ -1,1 +1,1 @@
-"""Airflow glue: the only part of the package that imports Airflow (the DAG builder)."""
+"""Airflow glue: with dags/, the only code that imports Airflow (DAG builder, alerts, key sources, SFTP, UI)."""

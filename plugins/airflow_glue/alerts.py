@@ -20,8 +20,14 @@ import html
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from audit.ledger import Ledger
+from core.errors import value_free
+from core.settings import load_settings
+from pipeline.stages import delivery_id_for
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +69,6 @@ def _reason_from_ledger(delivery: str | None, contract: str, stage: str) -> str 
     """The value-free reason the pipeline recorded for this stage of this delivery, if any."""
     if not delivery:
         return None
-    from audit.ledger import Ledger
-    from core.settings import load_settings
-
     with Ledger(load_settings().ledger_url) as ledger:
         records = [r for r in ledger.records(delivery=delivery)
                    if r.contract == contract and r.action in ("blocked", "stage_failed")]
@@ -80,8 +83,6 @@ def _reason_from_ledger(delivery: str | None, contract: str, stage: str) -> str 
 
 def build_alert(context: dict[str, Any], contract_id: str) -> Alert:
     """What went wrong, from the Airflow callback context and the ledger; never the exception's message."""
-    from pipeline.stages import delivery_id_for
-
     dag_run = context.get("dag_run")
     ti = context.get("ti") or context.get("task_instance")
     dag_id = str(getattr(dag_run, "dag_id", "") or getattr(ti, "dag_id", "") or "?")
@@ -95,10 +96,10 @@ def build_alert(context: dict[str, Any], contract_id: str) -> Alert:
     try:
         reason = _reason_from_ledger(delivery, contract_id, stage)
     except Exception as exc:
-        log.warning("alert: could not read the ledger for the reason (%s)", type(exc).__name__)
+        log.warning("alert: could not read the ledger for the reason (%s)", value_free(exc))
     if not reason:
-        exc = context.get("exception")
-        reason = (f"{type(exc).__name__} (no ledger record; see the task log)" if isinstance(exc, BaseException)
+        failure = context.get("exception")
+        reason = (f"{value_free(failure)} (no ledger record; see the task log)" if isinstance(failure, BaseException)
                   else "the task failed without a ledger record (see the task log)")
     return Alert(contract=contract_id, dag_id=dag_id, run_id=run_id, delivery=delivery, stage=stage,
                  reason=reason, try_number=getattr(ti, "try_number", None))
@@ -115,7 +116,7 @@ def alert_recipients(env: dict[str, str] | None = None) -> list[str]:
 
 
 def send_alert_email(alert: Alert, to: list[str], conn_id: str) -> None:
-    from airflow.providers.smtp.hooks.smtp import SmtpHook
+    from airflow.providers.smtp.hooks.smtp import SmtpHook  # noqa: PLC0415 - deferred: mailing only, not DAG parse
 
     with SmtpHook(smtp_conn_id=conn_id) as hook:
         hook.send_email_smtp(to=to, subject=alert.subject, html_content=alert.html())
@@ -127,7 +128,7 @@ def notify_failure(context: dict[str, Any], contract_id: str) -> Alert | None:
         alert = build_alert(context, contract_id)
     except Exception as exc:
         log.error("ALERT contract %s: a task failed; the alert could not be built (%s)", contract_id,
-                  type(exc).__name__)
+                  value_free(exc))
         return None
     log.error("ALERT %s", alert.text())
     to = alert_recipients()
@@ -137,11 +138,11 @@ def notify_failure(context: dict[str, Any], contract_id: str) -> Alert | None:
             send_alert_email(alert, to, conn_id)
             log.info("alert e-mailed to %d recipient(s) through SMTP connection %s", len(to), conn_id)
         except Exception as exc:
-            log.error("alert e-mail through SMTP connection %s failed (%s)", conn_id, type(exc).__name__)
+            log.error("alert e-mail through SMTP connection %s failed (%s)", conn_id, value_free(exc))
     return alert
 
 
-def failure_callback(contract_id: str):
+def failure_callback(contract_id: str) -> Callable[[dict[str, Any]], None]:
     """An ``on_failure_callback`` bound to one contract (Airflow calls it with the task context)."""
 
     def on_failure(context: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Build one Airflow DAG per contract file. The only module of the package that imports Airflow.
+"""Build one Airflow DAG per contract file.
 
 Tasks are thin: each one builds a ``RunContext`` from the Airflow run and calls the matching
 ``Pipeline`` stage. Parsing only reads YAML (no database, no network). Our own errors are
@@ -8,22 +8,32 @@ deterministic, so they fail the task without retries (``AirflowFailException``);
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, task, teardown
+from airflow.sdk import DAG, Connection, Param, task, teardown
+from airflow.sdk.exceptions import AirflowFailException
+from sqlalchemy.engine import URL
 
 from airflow_glue.alerts import failure_callback
+from airflow_glue.secrets import airflow_key_source
+from airflow_glue.transports import airflow_sftp_endpoint
+from audit.opening import LEDGER_CONNECTION_ID
 from contracts.loading import discover_contract_files, load_contract
 from contracts.model import Contract
-from core.errors import ConfigError, ContractExtractsError
+from core.connections import sqlalchemy_url
+from core.errors import ConfigError, ContractExtractsError, StageFailed
+from core.settings import Settings, load_settings
+from pipeline.stages import Pipeline, RunContext
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARGS = {
+DEFAULT_ARGS: dict[str, Any] = {
     "owner": "contract-extracts",
     "retries": 2,
     "retry_delay": dt.timedelta(minutes=2),
@@ -33,7 +43,7 @@ DEFAULT_ARGS = {
 # Manual deliveries say what they are for: both go into the run_started ledger record (value-free,
 # length-bounded, validated by JSON schema in the trigger form and again when the run starts).
 REFERENCE_MAX, REASON_MAX = 64, 200
-DELIVERY_PARAMS = {
+DELIVERY_PARAMS: dict[str, dict[str, Any]] = {
     "delivery_reference": {
         "type": ["null", "string"], "maxLength": REFERENCE_MAX,
         "pattern": r"^([A-Za-z0-9][A-Za-z0-9._/:-]*)?$",
@@ -82,11 +92,7 @@ def trigger_params(params: Any) -> dict[str, Any]:
     return out
 
 
-def _airflow_connection_url(conn_id: str):
-    from airflow.sdk import Connection
-
-    from core.connections import sqlalchemy_url
-
+def _airflow_connection_url(conn_id: str) -> URL:
     try:
         conn = Connection.get(conn_id)
     except Exception:
@@ -96,24 +102,14 @@ def _airflow_connection_url(conn_id: str):
     return sqlalchemy_url(conn.get_uri(), conn_id)
 
 
-LEDGER_CONNECTION_ID = "contract_extracts_ledger"
-
-
-def _settings_with_ledger_connection(settings):
+def _settings_with_ledger_connection(settings: Settings) -> Settings:
     """Deployments name the ledger database as the Airflow connection ``contract_extracts_ledger``.
 
     CONTRACT_EXTRACTS_LEDGER_URL, when set, wins; without either the local SQLite default is used
     (fine for one machine; a distributed deployment must configure one shared ledger).
     """
-    import dataclasses
-    import os
-
     if os.environ.get("CONTRACT_EXTRACTS_LEDGER_URL"):
         return settings
-    from airflow.sdk import Connection
-
-    from core.connections import sqlalchemy_url
-
     try:
         conn = Connection.get(LEDGER_CONNECTION_ID)
     except Exception:
@@ -122,12 +118,7 @@ def _settings_with_ledger_connection(settings):
     return dataclasses.replace(settings, ledger_url=url.render_as_string(hide_password=False))
 
 
-def _pipeline(contract_path: Path, context: dict[str, Any]):
-    from airflow_glue.secrets import airflow_key_source
-    from airflow_glue.transports import airflow_sftp_endpoint
-    from core.settings import load_settings
-    from pipeline.stages import Pipeline, RunContext
-
+def _pipeline(contract_path: Path, context: dict[str, Any]) -> Pipeline:
     dag_run = context["dag_run"]
     ti = context["ti"]
     run_after = getattr(dag_run, "run_after", None) or getattr(dag_run, "start_date", None) \
@@ -157,14 +148,13 @@ def _pipeline(contract_path: Path, context: dict[str, Any]):
     return Pipeline(ctx)
 
 
-def _call_stage(contract_path: Path, stage: str, context: dict[str, Any], *args: Any) -> dict:
-    from airflow.sdk.exceptions import AirflowFailException
-
+def _call_stage(contract_path: Path, stage: str, context: dict[str, Any], *args: Any) -> dict[str, Any]:
     pipeline = _pipeline(contract_path, context)
     try:
-        return getattr(pipeline, stage)(*args)
+        result: dict[str, Any] = getattr(pipeline, stage)(*args)
+        return result
     except ContractExtractsError as exc:
-        if type(exc).__name__ == "StageFailed":
+        if isinstance(exc, StageFailed):
             raise  # foreign cause: let Airflow retry
         raise AirflowFailException(str(exc)) from None
     finally:
@@ -227,35 +217,35 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
     ) as dag:
 
         @task(task_id="authorise", retries=0)
-        def authorise(**context: Any) -> dict:
+        def authorise(**context: Any) -> dict[str, Any]:
             return _call_stage(contract_path, "authorise", context)
 
         @task(task_id="extract")
-        def extract(**context: Any) -> dict:
+        def extract(**context: Any) -> dict[str, Any]:
             return _call_stage(contract_path, "extract", context)
 
         @task(task_id="disclosure")
-        def disclosure(**context: Any) -> dict:
+        def disclosure(**context: Any) -> dict[str, Any]:
             return _call_stage(contract_path, "disclosure", context)
 
         @task(task_id="validate")
-        def validate(**context: Any) -> dict:
+        def validate(**context: Any) -> dict[str, Any]:
             return _call_stage(contract_path, "validate", context)
 
         @task(task_id="package")
-        def package(**context: Any) -> dict:
+        def package(**context: Any) -> dict[str, Any]:
             return _call_stage(contract_path, "package", context)
 
         @task(task_id="deliver")
-        def deliver(**context: Any) -> dict:
+        def deliver(**context: Any) -> dict[str, Any]:
             return _call_stage(contract_path, "deliver", context)
 
         @task(task_id="record")
-        def record(**context: Any) -> dict:
+        def record(**context: Any) -> dict[str, Any]:
             return _call_stage(contract_path, "record", context)
 
         @teardown
-        def cleanup_staging(**context: Any) -> dict:
+        def cleanup_staging(**context: Any) -> dict[str, Any]:
             pipeline = _pipeline(contract_path, context)
             return pipeline.cleanup()
 
@@ -265,11 +255,12 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
         if any(d.partition is not None for d in contract.datasets):
             # Key ranges read by mapped tasks (any worker) from one snapshot; extract merges the parts.
             @task(task_id="plan_partitions")
-            def plan_partitions(**context: Any) -> list[dict]:
-                return _call_stage(contract_path, "plan_partitions", context)["parts"]
+            def plan_partitions(**context: Any) -> list[dict[str, Any]]:
+                parts: list[dict[str, Any]] = _call_stage(contract_path, "plan_partitions", context)["parts"]
+                return parts
 
             @task(task_id="extract_partition")
-            def extract_partition(part: dict, **context: Any) -> dict:
+            def extract_partition(part: dict[str, Any], **context: Any) -> dict[str, Any]:
                 return _call_stage(contract_path, "extract_partition", context, part)
 
             planned = plan_partitions()

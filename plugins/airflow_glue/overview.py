@@ -7,8 +7,8 @@ source.
 
 Approval state comes from ``authorisation`` (the same ``assess``/``refusal`` the run's
 gate uses: signatures checked against the approver registry, withdrawals applied), read-only: the UI
-never records anything. Without that package, approval records are read as they are; without either,
-a contract shows "no approval recorded".
+never records anything. Without a config folder to find the registry in, approval records are read as
+they are; without any, a contract shows "no approval recorded".
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audit.acknowledgements import acknowledged
 from audit.ledger import Ledger, LedgerRecord, VerifyResult
+from audit.opening import load_ledger_key
+from authorisation.approvals import assess, refusal
+from authorisation.catalogue_approvals import assess_catalogue, catalogue_refusal
+from authorisation.registry import load_registry, registry_path
+from contracts.catalogue import load_catalogue_for
 from contracts.loading import content_hash, discover_contract_files, load_contract
 from contracts.model import Contract
 from core.errors import ContractExtractsError
@@ -65,7 +71,7 @@ class DeliveryRow:
     contract: str
     delivery: str
     rows: int | None
-    datasets: list[dict]
+    datasets: list[dict[str, Any]]
     recipients: list[str]
     sha256: str
     transport: str
@@ -73,7 +79,8 @@ class DeliveryRow:
     package: str
     dag_id: str | None = None
     run_id: str | None = None
-    trigger: dict = field(default_factory=dict)
+    trigger: dict[str, Any] = field(default_factory=dict)
+    acknowledged: list[str] = field(default_factory=list)  # recipients whose signed acknowledgement is recorded
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,7 @@ class RunDetail:
     delivery: str | None
     records: list[LedgerRecord]
     outcome: Badge
-    trigger: dict
+    trigger: dict[str, Any]
     ledger: LedgerStatus
 
 
@@ -179,7 +186,7 @@ def contract_badges(contract: Contract, approval: Approval, today: dt.date) -> l
 
 
 def approval_from_records(records: Iterable[LedgerRecord], digest: str) -> Approval:
-    """Fallback without the authorisation package: the newest approval record decides (signatures unchecked)."""
+    """Fallback without an approver registry: the newest approval record decides (signatures unchecked)."""
     latest: LedgerRecord | None = None
     for record in records:
         if record.action in APPROVAL_ACTIONS:
@@ -200,18 +207,21 @@ def approval_from_records(records: Iterable[LedgerRecord], digest: str) -> Appro
                                "it needs a new approval", by, role, latest.at, approved_hash)
 
 
-def approval_from_authorisation(contract: Contract, ledger: Ledger, config_dir: Path) -> Approval | None:
-    """The gate's own verdict on the approvals (``None`` when the authorisation package is not installed)."""
-    try:
-        from authorisation.approvals import assess, refusal
-        from authorisation.registry import load_registry, registry_path
-    except ImportError:
-        return None
+def approval_from_authorisation(contract: Contract, ledger: Ledger, config_dir: Path) -> Approval:
+    """The gate's own verdict on the approvals, with the registry in ``config_dir``."""
     try:
         registry = load_registry(registry_path(config_dir))
     except ContractExtractsError as exc:
         return Approval("invalid", f"the approver registry is unusable, so no approval can count: {exc}")
-    assessment = assess(contract, registry, ledger)
+    # The source catalogue, as the gate judges it: approved by its owner, and the approvals' pins.
+    try:
+        catalogue = load_catalogue_for(contract, config_dir)[0]
+    except ContractExtractsError as exc:
+        return Approval("invalid", f"the source catalogue is unusable, so no approval can count: {exc}")
+    catalogue_reason = catalogue_refusal(catalogue, assess_catalogue(catalogue, registry, ledger))
+    if catalogue_reason is not None:
+        return Approval("invalid", catalogue_reason)
+    assessment = assess(contract, registry, ledger, catalogue)
     reason = refusal(contract, assessment)
     counting = assessment.counting
     if counting and reason is None:
@@ -232,9 +242,7 @@ def approval_for(contract: Contract, digest: str, ledger: Ledger | None, config_
     if ledger is None:
         return Approval("none", "no approval recorded (there is no ledger yet)")
     if config_dir is not None:
-        verdict = approval_from_authorisation(contract, ledger, config_dir)
-        if verdict is not None:
-            return verdict
+        return approval_from_authorisation(contract, ledger, config_dir)
     return approval_from_records(_approval_records(ledger, contract.contract), digest)
 
 
@@ -248,7 +256,7 @@ def _approval_records(ledger: Ledger, contract_id: str) -> list[LedgerRecord]:
 # ---- ledger helpers -------------------------------------------------------------------------------
 
 
-def _details(record: LedgerRecord) -> dict:
+def _details(record: LedgerRecord) -> dict[str, Any]:
     try:
         value = record.details_obj()
     except (TypeError, ValueError):
@@ -276,8 +284,8 @@ def short_time(at: str | None) -> str:
 def delivery_row(delivered: LedgerRecord, related: list[LedgerRecord]) -> DeliveryRow:
     """One delivery from its ``delivered`` record plus the other records of the same delivery."""
     d = _details(delivered)
-    datasets: list[dict] = []
-    trigger: dict = {}
+    datasets: list[dict[str, Any]] = []
+    trigger: dict[str, Any] = {}
     for record in related:
         if record.contract != delivered.contract:
             continue
@@ -295,6 +303,7 @@ def delivery_row(delivered: LedgerRecord, related: list[LedgerRecord]) -> Delive
         path=_text(d.get("path")), package=_text(d.get("package")),
         dag_id=_text(trigger.get("dag_id")) or None, run_id=_text(trigger.get("run_id")) or None,
         trigger={k: v for k, v in trigger.items() if isinstance(v, (str, int, float, bool))},
+        acknowledged=acknowledged(related).get((delivered.contract or "", delivered.delivery or ""), []),
     )
 
 
@@ -318,15 +327,6 @@ def blocked_runs(ledger: Ledger, *, contract: str | None = None, limit: int = RE
     return [blocked_row(r) for r in reversed(ledger.records(contract=contract, action="blocked")[-limit:])]
 
 
-def _ledger_key() -> bytes | None:
-    """The ledger key (keyed mode) as the workers read it, so the chain verifies here too."""
-    try:
-        from audit.keys import load_ledger_key
-    except ImportError:
-        return None
-    return load_ledger_key()
-
-
 # ---- the ledger, opened once per process ----------------------------------------------------------
 
 
@@ -341,6 +341,7 @@ class LedgerSource:
         self._lock = threading.Lock()
         self._ledgers: dict[str, Ledger] = {}
         self._verified: dict[str, tuple[float, int, str, VerifyResult, str]] = {}
+        self._problems: dict[str, str] = {}
 
     def open(self, url: str) -> Ledger | None:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
@@ -350,14 +351,20 @@ class LedgerSource:
         with self._lock:
             ledger = self._ledgers.get(url)
             if ledger is None:
-                ledger = Ledger(url, key=_ledger_key())
+                try:
+                    key = load_ledger_key()  # keyed as the workers write it: the chain verifies
+                except ContractExtractsError as exc:  # e.g. no ledger key configured for the API server
+                    self._problems[url] = str(exc)
+                    return None
+                ledger = Ledger(url, key=key)
                 self._ledgers[url] = ledger
             return ledger
 
     def status(self, url: str, ledger: Ledger | None) -> LedgerStatus:
         backend = url.split(":", 1)[0].split("+", 1)[0]
         if ledger is None:
-            return LedgerStatus(available=False, backend=backend, note="no ledger yet: no delivery has run")
+            return LedgerStatus(available=False, backend=backend,
+                                note=self._problems.get(url) or "no ledger yet: no delivery has run")
         head = ledger.head()
         if head is None:
             return LedgerStatus(available=True, backend=backend, ok=True, head_hash="0" * 64,
@@ -429,7 +436,7 @@ def build_overview(contracts_dir: Path, ledger_url: str, source: LedgerSource, *
                     generated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
-def _is_visible(contract_id: str | None, known: dict, shown: dict) -> bool:
+def _is_visible(contract_id: str | None, known: dict[str, Any], shown: dict[str, Any]) -> bool:
     """Records of a contract the user may not see are hidden; records of unknown (removed) contracts are shown."""
     return contract_id is None or contract_id in shown or contract_id not in known
 
@@ -481,6 +488,9 @@ def build_run_detail(dag_id: str, run_id: str, ledger_url: str, source: LedgerSo
         outcome = Badge("delivered", OK, "the package was delivered and the run recorded")
     elif "delivered" in actions:
         outcome = Badge("delivered", OK, "the package was delivered")
+    elif "abandoned" in actions:
+        outcome = Badge("abandoned", BAD, str(_details(next(r for r in records if r.action == "abandoned"))
+                                              .get("reason") or "the run ended without delivering"))
     elif "stage_failed" in actions:
         outcome = Badge("retrying", WARN, "a stage failed and Airflow may retry it")
     else:
@@ -496,7 +506,8 @@ def summarise_details(record: LedgerRecord) -> str:
     d = _details(record)
     a = record.action
     if a == "run_started":
-        t = d.get("trigger") if isinstance(d.get("trigger"), dict) else {}
+        recorded = d.get("trigger")
+        t: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         parts = [f"contract hash {str(d.get('contract_hash') or '')[:12]}…"] if d.get("contract_hash") else []
         for key in ("run_type", "delivery_reference", "reason", "worker"):
             if t.get(key):
@@ -519,7 +530,15 @@ def summarise_details(record: LedgerRecord) -> str:
     if a == "validation_failed":
         return "; ".join(str(x) for x in d.get("failed", []))
     if a == "delivered":
-        return f"{d.get('transport')} → {d.get('path')} (sha256 {str(d.get('sha256', ''))[:12]}…)"
+        signed = f", signed by sender key {d['sender']}" if d.get("sender") else ""
+        found = " — found at its destination after a crash (reconciled)" if d.get("reconciled") else ""
+        return f"{d.get('transport')} → {d.get('path')} (sha256 {str(d.get('sha256', ''))[:12]}…{signed}){found}"
+    if a == "delivery_intent":
+        return f"about to publish {d.get('package')} (sha256 {str(d.get('sha256', ''))[:12]}…)"
+    if a == "delivery_acknowledged":
+        return f"acknowledged by {d.get('recipient')} (key {d.get('recipient_key')}), verified {d.get('verified_at')}"
+    if a in ("abandoned", "intent_settled", "staging_swept"):
+        return str(d.get("reason") or d.get("outcome") or "")[:300]
     if a == "run_completed":
         return f"package {d.get('package')}"
     if a in ("blocked", "stage_failed"):

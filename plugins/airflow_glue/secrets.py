@@ -28,7 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import KeyError_
+from airflow.sdk import Connection, Variable
+from airflow.sdk.log import mask_secret  # Airflow 3 task SDK; masks in the task and its supervisor
+
+from core.errors import KeyMaterialError, value_free
 from masking.keys import (
     CURRENT_KEY_ID_ENV,
     MASTER_KEY_ENV,
@@ -47,15 +50,11 @@ CONNECTION_ENV = "CONTRACT_EXTRACTS_MASTER_KEY_CONNECTION"
 DEFAULT_VARIABLE = "contract_extracts_master_key"
 
 
-def _variable_get(name: str) -> str:
-    from airflow.sdk import Variable
-
+def _variable_get(name: str) -> Any:
     return Variable.get(name)
 
 
-def _connection_get(conn_id: str) -> Any:
-    from airflow.sdk import Connection
-
+def _connection_get(conn_id: str) -> Any:  # the SDK declares Any (a Connection)
     return Connection.get(conn_id)
 
 
@@ -81,13 +80,13 @@ class AirflowVariableKeySource:
             value = self.getter(self.name)
         except Exception as exc:
             if _not_found(exc):
-                raise KeyError_(f"{self.description} is not defined (looked up through Airflow's configured "
-                                "secrets backends, environment variables and metadata database). Fix: define it "
-                                "with the hex master key, or point "
-                                f"{VARIABLE_ENV}/{CONNECTION_ENV}/{MASTER_KEY_FILE_ENV} elsewhere") from None
-            raise KeyError_(f"{self.description} could not be read ({type(exc).__name__})") from None
+                raise KeyMaterialError(f"{self.description} is not defined (looked up through Airflow's configured "
+                                       "secrets backends, environment variables and metadata database). Fix: define it "
+                                       "with the hex master key, or point "
+                                       f"{VARIABLE_ENV}/{CONNECTION_ENV}/{MASTER_KEY_FILE_ENV} elsewhere") from None
+            raise KeyMaterialError(f"{self.description} could not be read ({value_free(exc)})") from None
         if not isinstance(value, str) or not value.strip():
-            raise KeyError_(f"{self.description} is empty or not text. Fix: set it to the hex master key")
+            raise KeyMaterialError(f"{self.description} is empty or not text. Fix: set it to the hex master key")
         return Keyring(tuple(parse_master_keys(value, self.description)), self.description,
                        current_key_id_from(self.env))
 
@@ -109,13 +108,13 @@ class AirflowConnectionKeySource:
             conn = self.getter(self.conn_id)
         except Exception as exc:
             if _not_found(exc):
-                raise KeyError_(f"{self.description} is not defined (looked up through Airflow's configured "
-                                "secrets backends, environment variables and metadata database). Fix: define it "
-                                "with the hex master key as its password") from None
-            raise KeyError_(f"{self.description} could not be read ({type(exc).__name__})") from None
+                raise KeyMaterialError(f"{self.description} is not defined (looked up through Airflow's configured "
+                                       "secrets backends, environment variables and metadata database). Fix: define it "
+                                       "with the hex master key as its password") from None
+            raise KeyMaterialError(f"{self.description} could not be read ({value_free(exc)})") from None
         password = getattr(conn, "password", None)
         if not isinstance(password, str) or not password.strip():
-            raise KeyError_(f"{self.description} has no password. Fix: put the hex master key in its password")
+            raise KeyMaterialError(f"{self.description} has no password. Fix: put the hex master key in its password")
         try:
             extra = conn.extra_dejson or {}
         except Exception:
@@ -129,8 +128,6 @@ class AirflowConnectionKeySource:
 
 
 def _mask(secret_hex: str) -> None:
-    from airflow.sdk.log import mask_secret  # Airflow 3 task SDK; masks in the task and its supervisor
-
     for form in (secret_hex, secret_hex.upper()):
         mask_secret(form)
 
@@ -163,7 +160,7 @@ class MaskedKeySource:
         try:
             self.load()
         except Exception as exc:
-            log.debug("master keys not loaded at task start (%s)", type(exc).__name__)
+            log.debug("master keys not loaded at task start (%s)", value_free(exc))
 
 
 def configured_key_source(env: Mapping[str, str] | None = None) -> KeySource:

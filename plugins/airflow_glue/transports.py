@@ -13,13 +13,13 @@ Pass ``airflow_sftp_endpoint`` as ``RunContext.resolve_sftp`` (the DAG builder d
 
 from __future__ import annotations
 
-from core.errors import ConfigError
+from core.errors import ConfigError, value_free
 from core.settings import load_settings
 from delivery.sftp import SFTPEndpoint, endpoint_from_connection
 
 
 def airflow_sftp_endpoint(conn_id: str) -> SFTPEndpoint:
-    from airflow.providers.sftp.hooks.sftp import SFTPHook
+    from airflow.providers.sftp.hooks.sftp import SFTPHook  # noqa: PLC0415 - deferred: SFTP runs only, not DAG parse
 
     key = f"connection {conn_id!r}"
     try:
@@ -29,7 +29,7 @@ def airflow_sftp_endpoint(conn_id: str) -> SFTPEndpoint:
         raise ConfigError(f"is not a usable SFTP connection ({str(exc)[:200]})", key=key,
                           fix="correct the connection's extras") from None
     except Exception as exc:
-        raise ConfigError(f"is not defined in Airflow or cannot be read ({type(exc).__name__})", key=key,
+        raise ConfigError(f"is not defined in Airflow or cannot be read ({value_free(exc)})", key=key,
                           fix=f"add the SFTP connection {conn_id!r} (UI, CLI, AIRFLOW_CONN_..., secrets "
                               "backend)") from None
     if hook.no_host_key_check or hook.allow_host_key_change:

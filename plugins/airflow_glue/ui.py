@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
 from airflow.api_fastapi.core_api.security import GetUserDep, get_user
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -28,6 +29,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from airflow_glue import overview as ov
 from contracts.base import CONTRACT_ID
+from core.errors import value_free
 from core.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -61,12 +63,12 @@ def _environment() -> Environment:
 def airflow_can_read_dag(user: Any, dag_id: str) -> bool:
     """Ask Airflow's auth manager whether ``user`` may read the DAG (fail closed on any error)."""
     try:
-        from airflow.api_fastapi.app import get_auth_manager
-        from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+        # The API server's app module: heavy, and needed when a page is served, not when plugins load.
+        from airflow.api_fastapi.app import get_auth_manager  # noqa: PLC0415 - deferred: not at plugin load
 
         return bool(get_auth_manager().is_authorized_dag(method="GET", details=DagDetails(id=dag_id), user=user))
     except Exception as exc:
-        log.warning("authorisation check for DAG %s failed (%s); hiding it", dag_id, type(exc).__name__)
+        log.warning("authorisation check for DAG %s failed (%s); hiding it", dag_id, value_free(exc))
         return False
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from audit.ledger import Ledger
+from core.errors import value_free
 
 # Superuser connection to the maintenance database (trust auth on this machine, no password).
 PG_ADMIN_URL = os.environ.get("CONTRACT_EXTRACTS_TEST_PG_URL",
@@ -40,7 +41,7 @@ def temporary_pg_database() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except SQLAlchemyError as exc:
-        problem = type(getattr(exc, "orig", None) or exc).__name__
+        problem = value_free(getattr(exc, "orig", None) or exc)
     if problem is not None:  # fail outside the except block: no chained driver traceback
         admin.dispose()
         pytest.fail(f"PostgreSQL test server is not usable at {shown} ({problem}); these integration "

@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 import audit.ledger as ledger_mod
 from audit import GENESIS, Ledger, LedgerRecord, canonical_json, chain_hash, record_body
-from core.errors import ContractExtractsError, LedgerError
+from core.errors import ContractExtractsError, LedgerError, value_free
 
 from .conftest import PG_ADMIN_URL
 
@@ -647,7 +647,7 @@ def test_postgresql_server_is_reachable() -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
-        problem = type(exc).__name__
+        problem = value_free(exc)
     finally:
         engine.dispose()
     if problem is not None:

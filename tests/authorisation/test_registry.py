@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from audit.ledger import Ledger
-from authorisation import sshsig
+from authorisation import approver_keys
 from authorisation.registry import (
     REGISTRY_ACTION,
     load_registry,
@@ -20,8 +20,8 @@ from tests.conftest import REPO
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> dict[str, sshsig.ApproverKey]:
-    return {name: sshsig.new_approver_key(tmp_path / f"{name}.key", tmp_path / f"{name}.pub", name)
+def keys(tmp_path: Path) -> dict[str, approver_keys.ApproverKey]:
+    return {name: approver_keys.new_approver_key(tmp_path / f"{name}.key", tmp_path / f"{name}.pub", name)
             for name in ("jane", "sam")}
 
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from contracts import Contract, content_hash, discover_contract_files, load_contract
+from contracts.loading import contract_file_problems
 from core.errors import ConfigError, ContractError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +190,11 @@ FIELD_CHANGES: dict[str, Callable[[dict], None]] = {
     "disclosure-added": _set("disclosure", value={"quasi_identifiers": ["sex"], "k": 5}),
     "unmasked-added": _set("unmasked", value=[{"dataset": "claimants", "column": "region",
                                                "business_requirement": "survey frame needs the region"}]),
-    "dataset.name": _set("datasets", 0, "name", value="claimants_v2"),
+    "dataset.name": lambda d: (d["datasets"][0].update(name="claimants_v2"), d["population"].update(
+        dataset="claimants_v2")),
+    "population.entity": lambda d: d["population"].update(entity="person"),
+    "dataset.without_population": _set("datasets", 1, "without_population",
+                                       value="payments are needed to measure uptake over time"),
     "dataset.table": _set("datasets", 0, "table", value="public.claimants"),
     "dataset.filter-value": _set("datasets", 0, "filter", "claim_start", "gte", value=dt.date(2016, 1, 2)),
     "dataset.filter-operator": _set("datasets", 0, "filter", "claim_start", value={"gt": dt.date(2016, 1, 1)}),
@@ -273,6 +278,32 @@ MUTATION_ERRORS: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
     "duplicate-dataset-names": (lambda d: d["datasets"][1].update(name="claimants"), ("unique",)),
     "no-datasets": (_set("datasets", value=[]), ("datasets",)),
     "unknown-linkage": (_set("linkage", value="forever"), ("linkage",)),
+    # System tables can never be read, catalogued or not.
+    "pg-catalog-table": (_set("datasets", 0, "table", value="pg_catalog.pg_authid"),
+                         ("datasets[0].table", "belongs to the database system itself", "Fix:")),
+    "pg-table-on-search-path": (_set("datasets", 0, "table", value="pg_authid"), ("datasets[0].table", "system")),
+    "information-schema": (_set("datasets", 0, "table", value="information_schema.tables"),
+                           ("datasets[0].table", "system")),
+    "sqlite-master": (_set("datasets", 0, "table", value="sqlite_master"), ("datasets[0].table", "system")),
+    "mysql-user": (_set("datasets", 0, "table", value="mysql.user"), ("datasets[0].table", "system")),
+    # A business requirement in real words, not blanks.
+    "blank-business-requirement": (_set("unmasked", value=[{
+        "dataset": "claimants", "column": "region", "business_requirement": " " * 10}]),
+        ("unmasked[0].business_requirement", "in words")),
+    "one-word-business-requirement": (_set("unmasked", value=[{
+        "dataset": "claimants", "column": "region", "business_requirement": "aaaaaaaaaaaaaaaaaaaaa"}]),
+        ("unmasked[0].business_requirement", "in words")),
+    "free-text-switch": (lambda d: _columns(d).update(last_name={"treatment": "keep", "free_text": False}),
+                         ("datasets[0].columns.last_name", "decided by the source catalogue", "docs/catalogue.md")),
+    "population-dataset-unknown": (_set("population", "dataset", value="people"),
+                                   ("population.dataset", "not a dataset")),
+    "defining-dataset-without-population": (_set("datasets", 0, "without_population",
+                                                 value="the claimants are the population themselves"),
+                                            ("without_population", "cannot be without it")),
+    "blank-without-population": (_set("datasets", 1, "without_population", value="   "),
+                                 ("datasets[1].without_population", "in words")),
+    "sample-of-another-entity": (_set("sample", value={"entity": "person", "fraction": 0.5}),
+                                 ("sample.entity", "must draw the population's entity")),
 }
 
 
@@ -388,3 +419,26 @@ def test_schedule_with_invalid_cron_fields_is_refused(tmp_path: Path, schedule: 
                          ids=["preset", "step", "named-days", "list"])
 def test_valid_schedules_load(tmp_path: Path, schedule: str) -> None:
     assert load_variant(tmp_path, _set("schedule", value=schedule)).schedule == schedule
+
+
+def test_check_lists_every_problem_of_a_file(tmp_path: Path) -> None:
+    """``contract_file_problems`` (what ``contract-extracts check`` prints): every error, not only the first."""
+    data = demo_data()
+    data["colour"] = "blue"
+    data["datasets"][0]["table"] = "sqlite_master"
+    _columns(data)["last_name"] = {"treatment": "keep", "free_text": False}
+    contract, problems = contract_file_problems(write(tmp_path, data))
+    assert contract is None
+    text = "\n".join(str(p) for p in problems)
+    assert len(problems) == 3, text
+    assert "unknown key 'colour'" in text and "datasets[0].table" in text and "datasets[0].columns.last_name" in text
+    assert all("Fix:" in str(p) and str(tmp_path) in str(p) for p in problems)
+
+    data = demo_data()  # structurally valid, several contract-wide problems
+    data["population"]["dataset"] = "people"
+    data["unmasked"] = [{"dataset": "claimants", "column": "shoe_size",
+                         "business_requirement": "the survey needs every shoe size"}]
+    contract, problems = contract_file_problems(write(tmp_path, data, "C-OTHER-1.yaml"))
+    assert contract is not None
+    keys = [p.key for p in problems]
+    assert keys == ["unmasked[0]", "population.dataset", "contract"], keys

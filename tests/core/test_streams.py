@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.streams import Drain, prefetched
+from core.streams import Drain, prefetched, rebatch
 
 
 def numbers(n: int, closed: list[str], fail_at: int | None = None):
@@ -90,10 +91,6 @@ def test_drain_surfaces_the_sink_error() -> None:
 @given(sizes=st.lists(st.integers(min_value=0, max_value=30), max_size=20),
        batch_rows=st.integers(min_value=1, max_value=25))
 def test_rebatch_gives_full_batches_in_order(sizes: list[int], batch_rows: int) -> None:
-    import pyarrow as pa
-
-    from core.streams import rebatch
-
     start = 0
     batches = []
     for size in sizes:

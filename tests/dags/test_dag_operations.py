@@ -3,14 +3,18 @@ and that the params reach the ledger's run_started trigger bounded and value-fre
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from airflow.utils.types import DagRunType
 
+from airflow_glue.builder import _pipeline, trigger_params
 from tests.conftest import REPO
 
 PROBE = r"""
@@ -83,8 +87,6 @@ def test_tags_owner_and_docs(dags: dict) -> None:
 
 
 def test_trigger_params_are_bounded_and_printable() -> None:
-    from airflow_glue.builder import trigger_params
-
     assert trigger_params({"delivery_reference": "REQ-1", "reason": "  monthly \x07refresh "}) == {
         "delivery_reference": "REQ-1", "reason": "monthly refresh"}
     assert trigger_params({"delivery_reference": None, "reason": ""}) == {}
@@ -94,13 +96,6 @@ def test_trigger_params_are_bounded_and_printable() -> None:
 
 def test_pipeline_trigger_records_params_worker_and_plain_run_type(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import datetime as dt
-    from types import SimpleNamespace
-
-    from airflow.utils.types import DagRunType
-
-    from airflow_glue.builder import _pipeline
-
     monkeypatch.setenv("CONTRACT_EXTRACTS_HOME", str(tmp_path))
     dag_run = SimpleNamespace(dag_id="contract_c_demo_001", run_id="scheduled__x", run_type=DagRunType.SCHEDULED,
                               run_after=dt.datetime(2026, 11, 25, tzinfo=dt.UTC), triggering_user_name=None)

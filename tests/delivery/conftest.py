@@ -21,7 +21,7 @@ from delivery.package import (
     file_entries,
     package_name,
 )
-from delivery.recipients import load_identities, new_identity_file, recipient_fingerprint
+from delivery.recipients import load_identities, new_identity_file, recipient_fingerprint, ssh_fingerprint
 from delivery.signing import fingerprint, load_signing_key, new_signing_key
 
 CONTRACT = "C-DEMO-001"
@@ -35,6 +35,7 @@ class Keys:
     recipient: str
     signing_private: Path
     signing_public: Path
+    signing_openssh: Path  # the same public key as one 'ssh-ed25519 AAAA…' line
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,34 @@ class Sent:
         return self.built.path
 
 
+@pytest.fixture(autouse=True)
+def no_user_trust_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's sender trust store, pointed into the test folder (absent unless a test writes it)."""
+    store = tmp_path / "user-config" / "sender-keys"
+    monkeypatch.setenv("CONTRACT_EXTRACTS_SENDER_KEYS", str(store))
+    return store
+
+
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
     folder = tmp_path / "keys"
     identity = folder / "contractor-identity.txt"
     recipient = new_identity_file(identity)
     private, public = folder / "sender-signing.pem", folder / "sender-signing.pub"
-    new_signing_key(private, public)
-    return Keys(identity=identity, recipient=recipient, signing_private=private, signing_public=public)
+    openssh = folder / "sender-signing.ssh.pub"
+    new_signing_key(private, public, openssh)
+    return Keys(identity=identity, recipient=recipient, signing_private=private, signing_public=public,
+                signing_openssh=openssh)
 
 
-def build_demo_package(staging: Path, keys: Keys) -> Sent:
+def build_demo_package(staging: Path, keys: Keys, *, contract: str = CONTRACT, delivery: str = DELIVERY,
+                       recipients: dict[str, str] | None = None, ssh_signature: bool = False,
+                       ledger: dict[str, object] | None = None) -> Sent:
+    """A genuine package (signed with the sender key in ``keys``), by default to ``keys.recipient`` only.
+
+    ``recipients`` maps names to age (``age1…``) or OpenSSH public keys; all are listed and encrypted to.
+    """
+    recipients = recipients or {"acme-analyst": keys.recipient}
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     (staging / "data").mkdir(exist_ok=True)
     table = pa.table({
@@ -82,23 +100,26 @@ def build_demo_package(staging: Path, keys: Keys) -> Sent:
     signing_key = load_signing_key(keys.signing_private)
     manifest = {
         "format": PACKAGE_FORMAT,
-        "contract": CONTRACT,
+        "contract": contract,
         "title": "Benefit uptake evaluation (demo)",
         "contractor": "Acme Research Ltd",
-        "delivery": DELIVERY,
+        "delivery": delivery,
         "created_at": "2026-11-25T02:00:00+00:00",
         "key_id": "fa0cde5e86539aca",
         "linkage": "contract",
         "extract": {"kind": "full", "sample": None},
         "sender": {"signature": "ed25519", "fingerprint": fingerprint(signing_key.public_key())},
-        "recipients": [{"name": "acme-analyst", "fingerprint": recipient_fingerprint(keys.recipient)}],
+        "recipients": [{"name": name, "fingerprint": ssh_fingerprint(key) if key.startswith("ssh-")
+                        else recipient_fingerprint(key)} for name, key in recipients.items()],
         "files": file_entries(files),
         "validation": {"success": True, "expectations": 3},
         "disclosure": {"assessed": False, "note": "test"},
     }
-    built = build_package(staging_dir=staging, name=package_name(CONTRACT, DELIVERY), manifest=manifest,
-                          files=files, signing_key=signing_key, recipients=[keys.recipient],
-                          created_epoch=CREATED_EPOCH)
+    if ledger is not None:
+        manifest["ledger"] = ledger
+    built = build_package(staging_dir=staging, name=package_name(contract, delivery), manifest=manifest,
+                          files=files, signing_key=signing_key, recipients=list(recipients.values()),
+                          created_epoch=CREATED_EPOCH, ssh_signature=ssh_signature)
     plaintext = {f.arcname: f.path.read_bytes() for f in files}
     return Sent(built=built, manifest=manifest, plaintext=plaintext, keys=keys)
 

@@ -3,6 +3,7 @@ verification with standard tools only (age, gpg, tar, sha256sum, ssh-keygen, ope
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import shutil
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pyrage
 import pytest
 
 from cli import main as cli_main
 from cli.delivery import register
 from contracts.delivery import Recipient
-from core.errors import ConfigError, KeyError_, VerificationError
+from core.errors import ConfigError, KeyMaterialError, VerificationError
 from delivery.openpgp import encrypt_openpgp
 from delivery.package import (
     PACKAGE_FORMAT,
@@ -30,6 +32,7 @@ from delivery.package import (
 )
 from delivery.recipients import load_identities, manifest_recipients
 from delivery.signing import (
+    fingerprint,
     load_public_key,
     load_signing_key,
     ssh_allowed_signers_line,
@@ -42,7 +45,8 @@ from .conftest import CONTRACT, CREATED_EPOCH, DELIVERY, Keys, regular
 from .keyhelpers import OpenPGPRecipient, gpg_decrypt, make_openpgp_recipient, make_ssh_key, stop_gpg_agent
 
 
-def build_full(staging: Path, keys: Keys, recipients: list[Recipient], *, key_dir: Path | None = None) -> Path:
+def build_full(staging: Path, keys: Keys, recipients: list[Recipient], *, key_dir: Path | None = None,
+               listed: list[Recipient] | None = None) -> Path:
     """What the package stage builds: data, codebook, SHA256SUMS, manifest.sig and manifest.sshsig."""
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     (staging / "data").mkdir(exist_ok=True)
@@ -54,14 +58,16 @@ def build_full(staging: Path, keys: Keys, recipients: list[Recipient], *, key_di
                          schema=({"name": "nino", "type": "string", "treatment": "pseudonymise"},))]
     files.append(checksums_file(staging, files))
     fmt = recipients[0].format
+    signing_key = load_signing_key(keys.signing_private)
     manifest = {"format": PACKAGE_FORMAT, "contract": CONTRACT, "delivery": DELIVERY, "files": file_entries(files),
-                "recipients": manifest_recipients(recipients)}
+                "recipients": manifest_recipients(recipients if listed is None else listed),
+                "sender": {"signature": "ed25519", "fingerprint": fingerprint(signing_key.public_key())}}
     encrypt = None
     if fmt == "openpgp":
         def encrypt(plain: Path, out: Path) -> None:
             encrypt_openpgp(plain, out, recipients, key_dir=key_dir or staging, work_dir=staging)
     built = build_package(staging_dir=staging, name=package_name(CONTRACT, DELIVERY, fmt), manifest=manifest,
-                          files=files, signing_key=load_signing_key(keys.signing_private),
+                          files=files, signing_key=signing_key,
                           recipients=[r.age or r.ssh for r in recipients] if fmt == "age" else None,
                           encrypt=encrypt, ssh_signature=True, created_epoch=CREATED_EPOCH)
     return built.path
@@ -172,7 +178,7 @@ def test_openpgp_key_that_is_not_the_pinned_one_is_refused(tmp_path: Path, keys:
     key_dir.mkdir()
     (key_dir / "analyst.asc").write_text(second_analyst.armored)  # the file was swapped
     recipients = [Recipient(name="analyst", openpgp="analyst.asc", fingerprint=analyst.fingerprint)]
-    with pytest.raises(KeyError_, match="does not hold the pinned fingerprint"):
+    with pytest.raises(KeyMaterialError, match="does not hold the pinned fingerprint"):
         build_full(tmp_path / "staging", keys, recipients, key_dir=key_dir)
     assert not list((tmp_path / "staging").glob("*.tar.gpg"))
     assert not list((tmp_path / "staging").glob(".*.plain"))
@@ -202,6 +208,31 @@ def test_gpg_package_for_someone_else_is_refused(tmp_path: Path, keys: Keys, ana
     assert not out.exists() and [p.name for p in out.parent.iterdir()] == []
 
 
+def test_gpg_package_not_listing_my_key_is_refused(tmp_path: Path, keys: Keys, analyst: OpenPGPRecipient,
+                                                  second_analyst: OpenPGPRecipient) -> None:
+    """Genuinely signed, decryptable by me, but its manifest is for someone else: not for me."""
+    recipients = [Recipient(name="analyst", openpgp=analyst.armored, fingerprint=analyst.fingerprint),
+                  Recipient(name="second", openpgp=second_analyst.armored, fingerprint=second_analyst.fingerprint)]
+    package = build_full(tmp_path / "staging", keys, recipients, listed=recipients[1:])
+    with pytest.raises(VerificationError, match="not made for you") as info:
+        verify_package(package, identity=None, sender_key=keys.signing_public, gnupg_home=analyst.home)
+    assert f"openpgp:{analyst.fingerprint}" in str(info.value)
+    result = verify_package(package, identity=None, sender_key=keys.signing_public, gnupg_home=second_analyst.home)
+    assert result.recipient == {"name": "second", "fingerprint": f"openpgp:{second_analyst.fingerprint}"}
+
+
+def test_damaged_gpg_package_is_a_gpg_error(tmp_path: Path, keys: Keys, analyst: OpenPGPRecipient) -> None:
+    package = build_full(tmp_path / "staging", keys,
+                         [Recipient(name="analyst", openpgp=analyst.armored, fingerprint=analyst.fingerprint)])
+    data = bytearray(package.read_bytes())
+    data[len(data) - 30] ^= 0x01
+    damaged = tmp_path / "inbox" / package.name
+    damaged.parent.mkdir()
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match=r"^gpg decryption failed: the encrypted content is damaged"):
+        verify_package(damaged, identity=None, sender_key=keys.signing_public, gnupg_home=analyst.home)
+
+
 # ---- checksums, signatures, verify-only -------------------------------------------------------------
 
 
@@ -214,8 +245,6 @@ def test_verify_writes_nothing(tmp_path: Path, keys: Keys) -> None:
 
 
 def _forge(package: Path, keys: Keys, dest: Path, change) -> Path:
-    import pyrage
-
     plain = pyrage.decrypt(package.read_bytes(), load_identities(keys.identity))
     members = []
     with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
@@ -241,9 +270,9 @@ def test_sha256sums_disagreeing_with_the_manifest_is_refused(tmp_path: Path, key
                 data = data.replace(data[:8], b"00000000", 1)
             out.append((name, data))
         return out
-    forged = _forge(package, keys, tmp_path / "forged.tar.age", change)
-    with pytest.raises(VerificationError, match="SHA256SUMS"):
-        verify_package(forged, identity=keys.identity, sender_key=None)
+    forged = _forge(package, keys, tmp_path / package.name, change)
+    with pytest.raises(VerificationError, match="SHA256SUMS"):  # also without the signature check
+        verify_package(forged, identity=keys.identity, skip_signature_check=True)
 
 
 def test_sha256sums_consistent_but_unsigned_manifest_is_refused(tmp_path: Path, keys: Keys) -> None:
@@ -255,7 +284,7 @@ def test_sha256sums_consistent_but_unsigned_manifest_is_refused(tmp_path: Path, 
         manifest["files"] = [f for f in manifest["files"] if f["path"] != "SHA256SUMS"]
         by["manifest.json"] = manifest_bytes(manifest)
         return [(n, by[n]) for n, _ in members if n != "SHA256SUMS"]
-    forged = _forge(package, keys, tmp_path / "forged.tar.age", change)
+    forged = _forge(package, keys, tmp_path / package.name, change)
     with pytest.raises(VerificationError, match="signature"):
         verify_package(forged, identity=keys.identity, sender_key=keys.signing_public)
 
@@ -266,7 +295,7 @@ def test_altered_sshsig_is_refused(tmp_path: Path, keys: Keys) -> None:
 
     def change(members):
         return [(n, other if n == "manifest.sshsig" else d) for n, d in members]
-    forged = _forge(package, keys, tmp_path / "forged.tar.age", change)
+    forged = _forge(package, keys, tmp_path / package.name, change)
     with pytest.raises(VerificationError, match="sshsig"):
         verify_package(forged, identity=keys.identity, sender_key=keys.signing_public)
 
@@ -291,8 +320,6 @@ def test_renamed_package_is_refused(tmp_path: Path, keys: Keys) -> None:
 
 
 def test_cli_verify_and_sender_key(tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
     package = build_full(tmp_path / "staging", keys, [Recipient(name="a", age=keys.recipient)])
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,10 +342,6 @@ def test_cli_verify_and_sender_key(tmp_path: Path, keys: Keys, capsys: pytest.Ca
 
 def test_cli_main_reports_a_bad_package(tmp_path: Path, keys: Keys, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    import cli as cli
-
-    monkeypatch.setattr(cli, "_AREA_MODULES", (*cli._AREA_MODULES, "delivery")
-                        if "delivery" not in cli._AREA_MODULES else cli._AREA_MODULES)
     junk = tmp_path / "junk.tar.age"
     junk.write_bytes(b"age-encryption.org/v1\n-> X25519 nonsense\n--- x\n")
     assert cli_main(["verify", str(junk), "--identity", str(keys.identity), "--sender-key",

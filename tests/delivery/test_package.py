@@ -10,7 +10,7 @@ import pyrage
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from core.errors import KeyError_
+from core.errors import KeyMaterialError
 from delivery.package import (
     PACKAGE_FORMAT,
     PackageFile,
@@ -70,7 +70,7 @@ def test_manifest_is_signed_with_ed25519(sent: Sent) -> None:
 def test_manifest_content(sent: Sent) -> None:
     by_name = {m.name: d for m, d in read_members(sent.path, sent.keys.identity)}
     manifest = json.loads(by_name["manifest.json"])
-    assert manifest["format"] == PACKAGE_FORMAT == "contract-extracts/package/v1"
+    assert manifest["format"] == PACKAGE_FORMAT == "contract-extracts/package/v2"
     assert manifest["contract"] == CONTRACT
     assert manifest["delivery"] == DELIVERY
     entries = {e["path"]: e for e in manifest["files"]}
@@ -127,7 +127,7 @@ def test_invalid_recipient_leaves_nothing(tmp_path: Path, sent: Sent) -> None:
     codebook = staging / "codebook.md"
     codebook.write_text("# Codebook\n")
     files = [PackageFile(arcname="codebook.md", path=codebook)]
-    with pytest.raises(KeyError_, match="recipient"):
+    with pytest.raises(KeyMaterialError, match="recipient"):
         build_package(staging_dir=staging, name="bad.tar.age", manifest={"files": file_entries(files)},
                       files=files, signing_key=load_signing_key(sent.keys.signing_private),
                       recipients=["age1notakey"], created_epoch=CREATED_EPOCH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pyrage
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from core.errors import KeyError_, VerificationError
+from core.errors import KeyMaterialError, VerificationError
 from delivery.recipients import (
     load_identities,
     new_identity_file,
@@ -27,28 +28,51 @@ from delivery.signing import (
     load_signing_key,
     new_signing_key,
     public_pem,
+    ssh_public_line,
     verify_signature,
 )
 
 
 def test_new_signing_key_files(tmp_path: Path) -> None:
-    private, public = tmp_path / "s.pem", tmp_path / "s.pub"
-    key = new_signing_key(private, public)
+    private, public, openssh = tmp_path / "s.pem", tmp_path / "s.pub", tmp_path / "s.ssh.pub"
+    key = new_signing_key(private, public, openssh)
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     assert public.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
     assert public.read_bytes() == public_pem(key)
+    assert openssh.read_text().startswith("ssh-ed25519 AAAA")
     loaded = load_signing_key(private)
     assert fingerprint(loaded.public_key()) == fingerprint(load_public_key(public)) == fingerprint(key)
-    assert re.fullmatch(r"ed25519:[0-9a-f]{32}", fingerprint(key))
-    with pytest.raises((FileExistsError, KeyError_)):
+    assert fingerprint(load_public_key(openssh)) == fingerprint(key)  # --sender-key takes either form
+    assert re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", fingerprint(key))
+    with pytest.raises((FileExistsError, KeyMaterialError)):
         new_signing_key(private, tmp_path / "other.pub")
+
+
+def test_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path) -> None:
+    """One fingerprint: the recipient reproduces ours with `ssh-keygen -lf` on the sender's OpenSSH key."""
+    for n in range(3):
+        openssh = tmp_path / f"s{n}.ssh.pub"
+        key = new_signing_key(tmp_path / f"s{n}.pem", tmp_path / f"s{n}.pub", openssh)
+        printed = subprocess.run(["ssh-keygen", "-lf", str(openssh)], capture_output=True, text=True, check=True,
+                                 timeout=30).stdout.split()
+        assert printed[0] == "256" and printed[-1] == "(ED25519)"
+        assert printed[1] == fingerprint(key) == compare_fingerprint_line(tmp_path, key)
+
+
+def compare_fingerprint_line(tmp_path: Path, key: Ed25519PublicKey) -> str:
+    """The same through a trust store file of several lines (what `ssh-keygen -lf sender-keys` lists)."""
+    store = tmp_path / "sender-keys"
+    store.write_text("# senders\n" + ssh_public_line(key, "ours") + "\n")
+    printed = subprocess.run(["ssh-keygen", "-lf", str(store)], capture_output=True, text=True, check=True,
+                             timeout=30).stdout.split()
+    return printed[1]
 
 
 def test_signing_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     private = tmp_path / "s.pem"
     new_signing_key(private, tmp_path / "s.pub")
     os.chmod(private, 0o644)
-    with pytest.raises(KeyError_, match="chmod 600") as info:
+    with pytest.raises(KeyMaterialError, match="chmod 600") as info:
         load_signing_key(private)
     assert "PRIVATE KEY" not in str(info.value)
 
@@ -59,7 +83,7 @@ def test_signing_key_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv(SIGNING_KEY_FILE_ENV, str(private))
     assert isinstance(load_signing_key(), Ed25519PrivateKey)
     monkeypatch.delenv(SIGNING_KEY_FILE_ENV)
-    with pytest.raises(KeyError_, match=SIGNING_KEY_FILE_ENV):
+    with pytest.raises(KeyMaterialError, match=SIGNING_KEY_FILE_ENV):
         load_signing_key()
 
 
@@ -70,14 +94,14 @@ def _write_private(path: Path, data: bytes) -> Path:
 
 
 def test_signing_key_not_pem_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(KeyError_, match="not an unencrypted PEM"):
+    with pytest.raises(KeyMaterialError, match="not an unencrypted PEM"):
         load_signing_key(_write_private(tmp_path / "s.pem", b"not a key"))
 
 
 def test_signing_key_of_wrong_type_is_refused(tmp_path: Path) -> None:
     pem = X25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                     serialization.NoEncryption())
-    with pytest.raises(KeyError_, match="not an Ed25519 key"):
+    with pytest.raises(KeyMaterialError, match="not an Ed25519 key"):
         load_signing_key(_write_private(tmp_path / "s.pem", pem))
 
 
@@ -142,5 +166,5 @@ def test_missing_identity_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_bad_recipient_is_refused() -> None:
-    with pytest.raises(KeyError_):
+    with pytest.raises(KeyMaterialError):
         parse_recipients(["age1notakey"])

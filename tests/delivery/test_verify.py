@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
 
+import pyrage
 import pytest
 
 from core.errors import VerificationError
@@ -70,9 +72,30 @@ def test_round_trip_into_existing_empty_folder(tmp_path: Path, sent: Sent) -> No
     assert sorted(p.name for p in out.iterdir()) == ["codebook.md", "data", "manifest.json", "manifest.sig"]
 
 
-def test_round_trip_without_sender_key_reports_unverified(tmp_path: Path, sent: Sent) -> None:
-    result = decrypt_package(sent.path, identity=sent.keys.identity, out_dir=receive_dir(tmp_path))
-    assert result.signature_verified is False
+def test_without_a_trusted_sender_key_nothing_is_decrypted(tmp_path: Path, sent: Sent) -> None:
+    out = receive_dir(tmp_path)
+    with pytest.raises(VerificationError, match="no trusted sender key"):
+        decrypt_package(sent.path, identity=sent.keys.identity, out_dir=out)
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_explicit_skip_places_an_unverified_package(tmp_path: Path, sent: Sent) -> None:
+    result = decrypt_package(sent.path, identity=sent.keys.identity, out_dir=receive_dir(tmp_path),
+                             skip_signature_check=True)
+    assert result.signature_verified is False and result.sender_fingerprint is None
+
+
+def test_outputs_are_private(tmp_path: Path, sent: Sent) -> None:
+    out = receive_dir(tmp_path)
+    decrypt_package(sent.path, identity=sent.keys.identity, out_dir=out, sender_key=sent.keys.signing_public)
+    modes = {str(p.relative_to(out)): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert modes == {".": 0o700, "data": 0o700, "codebook.md": 0o600, "data/claimants.parquet": 0o600,
+                     "manifest.json": 0o600, "manifest.sig": 0o600}
+    existing = tmp_path / "existing-empty-folder"
+    existing.mkdir(mode=0o755)
+    decrypt_package(sent.path, identity=sent.keys.identity, out_dir=existing, sender_key=sent.keys.signing_public)
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in existing.rglob("*") if p.is_file()} == {0o600}
 
 
 def test_age_cli_decrypts_the_same_files(tmp_path: Path, sent: Sent) -> None:
@@ -96,7 +119,7 @@ def test_openssl_verifies_the_signature(tmp_path: Path, sent: Sent) -> None:
     if not openssl:
         pytest.skip("openssl is not installed")
     out = receive_dir(tmp_path)
-    decrypt_package(sent.path, identity=sent.keys.identity, out_dir=out)
+    decrypt_package(sent.path, identity=sent.keys.identity, out_dir=out, sender_key=sent.keys.signing_public)
     cmd = [openssl, "pkeyutl", "-verify", "-pubin", "-inkey", str(sent.keys.signing_public), "-rawin",
            "-in", str(out / "manifest.json"), "-sigfile", str(out / "manifest.sig")]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -232,8 +255,6 @@ def test_unexpected_member_is_refused(tmp_path: Path, sent: Sent, member: tuple[
 
 
 def test_not_a_tar_inside_is_refused(tmp_path: Path, sent: Sent) -> None:
-    import pyrage
-
     package = tmp_path / "garbage.tar.age"
     package.write_bytes(pyrage.encrypt(b"this is not a tar archive" * 100,
                                        [pyrage.x25519.Recipient.from_str(sent.keys.recipient)]))
@@ -247,9 +268,10 @@ def test_wrong_manifest_format_is_refused(tmp_path: Path, sent: Sent) -> None:
                if i.name not in ("manifest.json", "manifest.sig")]
     package = write_forged(tmp_path / "forged.tar.age", sent.keys.recipient,
                            [regular("manifest.json", body), regular("manifest.sig", b"\x00" * 64), *members])
-    # Without a sender key the format check is what refuses it.
+    # Without the signature check the format check is what refuses it.
     with pytest.raises(VerificationError, match="format"):
-        decrypt_package(package, identity=sent.keys.identity, out_dir=receive_dir(tmp_path))
+        decrypt_package(package, identity=sent.keys.identity, out_dir=receive_dir(tmp_path),
+                        skip_signature_check=True)
     assert_nothing_placed(receive_dir(tmp_path))
 
 
@@ -268,7 +290,7 @@ def test_out_dir_that_is_a_file_is_refused(tmp_path: Path, sent: Sent) -> None:
     out = receive_dir(tmp_path)
     out.write_text("a file")
     with pytest.raises(VerificationError):
-        decrypt_package(sent.path, identity=sent.keys.identity, out_dir=out)
+        decrypt_package(sent.path, identity=sent.keys.identity, out_dir=out, sender_key=sent.keys.signing_public)
     assert out.read_text() == "a file"
 
 
@@ -290,4 +312,5 @@ def test_malformed_manifest_entry_is_a_verification_error(tmp_path: Path, sent: 
                            [regular("manifest.json", manifest_bytes(manifest)),
                             regular("manifest.sig", b"\x00" * 64), *members])
     with pytest.raises(VerificationError):
-        decrypt_package(package, identity=sent.keys.identity, out_dir=receive_dir(tmp_path))
+        decrypt_package(package, identity=sent.keys.identity, out_dir=receive_dir(tmp_path),
+                        skip_signature_check=True)

@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 from audit.ledger import Ledger
 from demo.runner import ensure_keys, render_demo_contracts
 from demo.synthetic import write_demo_source
+from tests.authorisation.helpers import approve_for_tests
 from tests.conftest import PG_ADMIN, REPO
 from tests.ui import servers
 
@@ -51,8 +52,6 @@ def _free_redis_db(client_for) -> int:
 
 @pytest.fixture
 def celery_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from authorisation.testing import approve_for_tests
-
     started = time.monotonic()
     home = tmp_path / "state"
     config_dir = tmp_path / "configs"
@@ -87,6 +86,7 @@ def celery_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "CONTRACT_EXTRACTS_MASTER_KEY_FILE": str(keys["master"]),
         "CONTRACT_EXTRACTS_SIGNING_KEY_FILE": str(keys["signing"]),
         "CONTRACT_EXTRACTS_LEDGER_URL": ledger_url,
+        "CONTRACT_EXTRACTS_INSECURE_UNKEYED_LEDGER": "1",  # verified below with a plain Ledger(url)
     }
     for name, value in project.items():
         monkeypatch.setenv(name, value)

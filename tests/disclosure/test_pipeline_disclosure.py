@@ -23,7 +23,6 @@ from pydantic import model_serializer, model_validator
 from sqlalchemy.engine import make_url
 
 from audit.ledger import Ledger
-from authorisation.testing import approve_for_tests
 from contracts.disclosure import Aggregate, check_disclosure
 from contracts.model import Contract
 from core.errors import ValidationFailed
@@ -31,9 +30,11 @@ from core.settings import load_settings
 from delivery.verify import decrypt_package
 from demo.synthetic import write_demo_source
 from disclosure.report import codebook_lines, column_notes
+from disclosure.result import DisclosureResult
 from disclosure.risk import build_classes, measure
 from disclosure.treatment import DisclosureBlocked
 from pipeline.stages import STAGES, Pipeline, RunContext
+from tests.authorisation.helpers import approve_for_tests, demo_catalogue, write_catalogue
 from tests.conftest import Workspace
 
 PEOPLE = 1500
@@ -111,7 +112,8 @@ def test_not_k_anonymous_output_is_treated_and_delivered_with_a_report(workspace
 
     actions = records(run.delivery_id)
     assert [a for a, _ in actions] == ["run_started", "authorised", "extract_done", "disclosure_assessed",
-                                       "validation_passed", "delivered", "run_completed", "staging_removed"]
+                                       "validation_passed", "delivery_intent", "delivered", "run_completed",
+                                       "staging_removed"]
     assessed = dict(actions)["disclosure_assessed"]
     (ds,) = assessed["datasets"]
     assert ds["k_anonymity_before"] < 5 <= ds["k_anonymity_after"]
@@ -134,9 +136,9 @@ def test_not_k_anonymous_output_is_treated_and_delivered_with_a_report(workspace
         assert not any(n in text for n in raw), page.name
 
     # What the codebook and manifest will say (render_codebook belongs to the package stage).
-    lines = "\n".join(codebook_lines(doc))
+    lines = "\n".join(codebook_lines(DisclosureResult.from_dict(doc)))
     assert "coarsened to bands of width" in lines and "k" in lines
-    notes = column_notes(doc, "claimants")
+    notes = column_notes(DisclosureResult.from_dict(doc), "claimants")
     assert "date_of_birth" in notes
 
 
@@ -165,9 +167,16 @@ def test_untreatable_output_is_blocked_and_nothing_is_delivered(workspace: Works
 
 
 def test_a_leaked_identifier_blocks_at_the_release_gate(workspace: Workspace, source: str) -> None:
+    # The data owner got postcode wrong ('other'), so the contract may keep it; the contract still names it as an
+    # identifier to search for, and the gate finds the raw postcodes.
+    catalogue = demo_catalogue()
+    catalogue["tables"]["claimants"]["columns"]["postcode"] = {"class": "other", "description": "Postcode."}
+    write_catalogue(workspace.config_dir, catalogue)
+
     def leak(d: dict) -> None:
         d["datasets"][0]["columns"]["postcode"] = {"treatment": "keep"}
-        d["disclosure"] = {"source_identifiers": {"claimants": ["postcode"]}}
+        # Catalogued quasi-identifiers (date_of_birth, region) are key variables: the assessment must hold too.
+        d["disclosure"] = {**DISCLOSURE, "source_identifiers": {"claimants": ["postcode"]}}
 
     rewrite(workspace, leak)
     run = pipeline(workspace, source)
@@ -221,7 +230,7 @@ def test_aggregates_only(workspace: Workspace, source: str, outputs_model: None)
         assert validation["success"] and [d["dataset"] for d in validation["datasets"]] == ["claimants_by_region"]
         checked = {e["expectation"] for e in validation["datasets"][0]["expectations"]}
         assert "expect_table_cells_not_recoverable" in checked
-        assert "aggregate tables only" in "\n".join(codebook_lines(doc))
+        assert "aggregate tables only" in "\n".join(codebook_lines(DisclosureResult.from_dict(doc)))
         names = [a for a, _ in records(run.delivery_id)]
         assert names[-2:] == ["disclosure_assessed", "validation_passed"]
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -65,8 +66,6 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_population_estimates_skinner_elliot_and_inverse_fraction() -> None:
-    import numpy as np
-
     # 4 sample uniques, one class of 2 (two records), one class of 5.
     f = np.array([1, 1, 1, 1, 2, 5])
     counts = np.array([1, 1, 1, 1, 2, 5])

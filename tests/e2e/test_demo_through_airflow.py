@@ -2,8 +2,15 @@
 
 `contract-extracts demo` runs both demo contracts; the packages then decrypt with the Debian `age`
 CLI and with `contract-extracts decrypt`; tampering makes `decrypt` refuse; the same person carries
-unrelated pseudonyms in the two contractors' packages; a contract naming a column the source lacks
-fails its DAG run with a `blocked` record and nothing in the drop folder.
+unrelated pseudonyms in the two contractors' packages; a repeat demo run adds a delivery, reuses the
+approval and overwrites nothing; a contract naming a column the source lacks, or changed since its
+approval, fails its DAG run with a `blocked` record and nothing in the drop folder; a partitioned
+contract delivers from PostgreSQL.
+
+The demo state is made once per session (`demo_state`, tests/conftest.py) and only read here. The DAG runs of
+changed contracts each work on their own copy of it and start together, in the background, when this module's
+first such test asks for them: each run is mostly one process starting Airflow, its execution API and Great
+Expectations, so the machine's cores run them side by side in little more than the time of one.
 """
 
 from __future__ import annotations
@@ -11,49 +18,42 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
+import pyrage
 import pytest
 import yaml
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tests.conftest import REPO
+from audit.ledger import Ledger
+from audit.opening import load_ledger_key
+from contracts.catalogue import catalogue_path
+from demo.runner import airflow_environment, approve_demo_contracts
+from demo.synthetic import write_demo_source
+from tests.conftest import REPO, airflow_uri, temporary_database
+from tests.e2e.demo_state import (
+    CLI,
+    REPEATED_CONTRACT,
+    DemoState,
+    approvals_authorising,
+    approvals_recorded,
+    approvals_reused,
+    copy_state,
+    demo_env,
+    sha256_of,
+)
+from tests.ui import servers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-CLI = str(Path(sys.executable).parent / "contract-extracts")
-
-
-def demo_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONTRACT_EXTRACTS"))}
-    env.update(CONTRACT_EXTRACTS_HOME=str(home), CONTRACT_EXTRACTS_REPO=str(REPO))
-    return env
-
-
-def run_demo(home: Path) -> tuple[subprocess.CompletedProcess, list[tuple[str, str]], str]:
-    proc = subprocess.run([CLI, "demo", "--people", "1500"], env=demo_env(home), capture_output=True,
-                          text=True, timeout=600, check=False, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    lines = proc.stdout.splitlines()
-    packages = [line.removeprefix("package: ") for line in lines if line.startswith("package: ")]
-    identities = [line.removeprefix("identity: ") for line in lines if line.startswith("identity: ")]
-    senders = [line.removeprefix("sender-key: ") for line in lines if line.startswith("sender-key: ")]
-    assert len(packages) == len(identities) == 2 and len(senders) == 1, proc.stdout
-    return proc, list(zip(packages, identities, strict=True)), senders[0]
-
-
-@pytest.fixture(scope="module")
-def demo_runs(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("demo") / "state"
-    first = run_demo(home)
-    second = run_demo(home)
-    return home, first, second
 
 
 def pseudonym(master: bytes, contract: str, entity: str, value: str) -> str:
@@ -71,25 +71,27 @@ def age_decrypt(package: str, identity: str, out: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(out)], input=plain, check=True)
 
 
-def test_demo_prints_packages_and_summary(demo_runs) -> None:
-    _home, (proc, deliveries, sender), _second = demo_runs
-    assert "audit ledger:" in proc.stdout and "chain verified" in proc.stdout
-    assert "age -d -i" in proc.stdout
-    assert "approved by demo-approver (Information Asset Manager)" in proc.stdout
-    assert proc.stdout.count("authorised by: demo-approver (information-asset-manager, approval #") == 2
-    assert all(Path(p).exists() and Path(i).exists() for p, i in deliveries)
-    assert Path(sender).exists()
+def test_demo_prints_packages_and_summary(demo_state: DemoState) -> None:
+    first = demo_state.first
+    assert "audit ledger:" in first.stdout and "chain verified" in first.stdout
+    assert "age -d -i" in first.stdout
+    assert "approved by demo-approver (Information Asset Manager)" in first.stdout
+    assert first.stdout.count("authorised by: demo-approver (information-asset-manager, approval #") == 2
+    assert all(Path(p).exists() and Path(i).exists() for p, i in first.deliveries)
+    assert Path(first.sender_key).exists()
 
 
-def test_second_demo_run_makes_new_deliveries_and_overwrites_nothing(demo_runs) -> None:
-    _home, (_p1, first, _s1), (_p2, second, _s2) = demo_runs
+def test_second_demo_run_makes_new_deliveries_and_overwrites_nothing(demo_state: DemoState) -> None:
+    first, second = demo_state.first.deliveries, demo_state.second.deliveries
+    assert [Path(p).name.split("_")[0] for p, _ in second] == [REPEATED_CONTRACT]
     assert {p for p, _ in first}.isdisjoint({p for p, _ in second})
     assert all(Path(p).exists() for p, _ in first + second)
+    assert {p: sha256_of(p) for p, _ in first} == demo_state.first_digests, "a first-run package was rewritten"
 
 
-def test_packages_decrypt_with_the_age_cli_and_verify_with_our_cli(demo_runs, tmp_path: Path) -> None:
-    _home, (_proc, deliveries, sender), _second = demo_runs
-    for n, (package, identity) in enumerate(deliveries):
+def test_packages_decrypt_with_the_age_cli_and_verify_with_our_cli(demo_state: DemoState, tmp_path: Path) -> None:
+    sender = demo_state.first.sender_key
+    for n, (package, identity) in enumerate(demo_state.first.deliveries):
         by_age = tmp_path / f"age{n}"
         age_decrypt(package, identity, by_age)
         assert (by_age / "manifest.json").exists() and (by_age / "codebook.md").exists()
@@ -108,27 +110,24 @@ def test_packages_decrypt_with_the_age_cli_and_verify_with_our_cli(demo_runs, tm
 
 
 @pytest.mark.parametrize("where", [0.1, 0.5, 0.9], ids=["near-start", "middle", "near-end"])
-def test_one_flipped_byte_makes_decrypt_refuse(demo_runs, tmp_path: Path, where: float) -> None:
-    _home, (_proc, deliveries, sender), _second = demo_runs
-    package, identity = deliveries[0]
+def test_one_flipped_byte_makes_decrypt_refuse(demo_state: DemoState, tmp_path: Path, where: float) -> None:
+    package, identity = demo_state.first.deliveries[0]
     data = bytearray(Path(package).read_bytes())
     data[int(len(data) * where)] ^= 0x01
     tampered = tmp_path / "tampered.tar.age"
     tampered.write_bytes(bytes(data))
     out = tmp_path / "out"
-    proc = subprocess.run([CLI, "decrypt", str(tampered), "--identity", identity, "--sender-key", sender,
-                           "--out", str(out)], capture_output=True, text=True, check=False)
+    proc = subprocess.run([CLI, "decrypt", str(tampered), "--identity", identity, "--sender-key",
+                           demo_state.first.sender_key, "--out", str(out)], capture_output=True, text=True,
+                          check=False)
     assert proc.returncode != 0
     assert "error:" in proc.stderr
     assert not out.exists()
     assert not list(tmp_path.glob(".out.incoming-*"))
 
 
-def test_tampered_manifest_is_refused(demo_runs, tmp_path: Path) -> None:
-    import pyrage
-
-    _home, (_proc, deliveries, sender), _second = demo_runs
-    package, identity = deliveries[0]
+def test_tampered_manifest_is_refused(demo_state: DemoState, tmp_path: Path) -> None:
+    package, identity = demo_state.first.deliveries[0]
     plain = tmp_path / "plain"
     age_decrypt(package, identity, plain)
     manifest = plain / "manifest.json"
@@ -139,16 +138,16 @@ def test_tampered_manifest_is_refused(demo_runs, tmp_path: Path) -> None:
                      if line.startswith("# public key"))
     forged = tmp_path / "forged.tar.age"
     forged.write_bytes(pyrage.encrypt(tar, [pyrage.x25519.Recipient.from_str(recipient)]))
-    proc = subprocess.run([CLI, "decrypt", str(forged), "--identity", identity, "--sender-key", sender,
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
+    proc = subprocess.run([CLI, "decrypt", str(forged), "--identity", identity, "--sender-key",
+                           demo_state.first.sender_key, "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, check=False)
     assert proc.returncode != 0 and "signature" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_same_person_has_unrelated_pseudonyms_in_the_two_contracts(demo_runs, tmp_path: Path) -> None:
-    home, (_proc, deliveries, _sender), _second = demo_runs
+def test_same_person_has_unrelated_pseudonyms_in_the_two_contracts(demo_state: DemoState, tmp_path: Path) -> None:
     columns = {}
-    for n, (package, identity) in enumerate(deliveries):
+    for n, (package, identity) in enumerate(demo_state.first.deliveries):
         out = tmp_path / f"p{n}"
         age_decrypt(package, identity, out)
         contract = Path(package).name.split("_")[0]
@@ -156,6 +155,7 @@ def test_same_person_has_unrelated_pseudonyms_in_the_two_contracts(demo_runs, tm
     assert columns["C-DEMO-001"] and columns["C-DEMO-002"]
     assert columns["C-DEMO-001"].isdisjoint(columns["C-DEMO-002"]), "no pseudonym may be shared"
 
+    home = demo_state.home
     master = bytes.fromhex((home / "keys" / "master.key").read_text().strip())
     with sqlite3.connect(home / "demo" / "claims.sqlite") as db:
         ninos = [row[0] for row in db.execute(
@@ -170,9 +170,8 @@ def test_same_person_has_unrelated_pseudonyms_in_the_two_contracts(demo_runs, tm
         assert pseudonym(master, "C-DEMO-001", "person", spaced) == first
 
 
-def test_audit_ledger_verifies_after_the_demo(demo_runs) -> None:
-    home, *_ = demo_runs
-    env = demo_env(home)
+def test_audit_ledger_verifies_after_the_demo(demo_state: DemoState) -> None:
+    env = demo_env(demo_state.home)
     proc = subprocess.run([CLI, "audit", "verify"], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     shown = subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-001", "--action", "delivered"], env=env,
@@ -180,99 +179,182 @@ def test_audit_ledger_verifies_after_the_demo(demo_runs) -> None:
     assert shown.count("delivered") == 2
 
 
-def test_second_demo_run_reuses_the_approvals(demo_runs) -> None:
-    _home, _first, (proc, _deliveries, _sender) = demo_runs
-    assert proc.stdout.count("already approved by demo-approver") == 2
+def test_second_demo_run_reuses_the_approvals(demo_state: DemoState) -> None:
+    first, second = demo_state.first.stdout, demo_state.second.stdout
+    signed = approvals_recorded(first)
+    assert set(signed) == {"C-DEMO-001", "C-DEMO-002"}
+    assert approvals_authorising(first) == signed
+    assert second.count("already approved by demo-approver") == 1
+    assert approvals_recorded(second) == {}, "the repeat run signed a new approval"
+    assert approvals_reused(second) == {REPEATED_CONTRACT: signed[REPEATED_CONTRACT]}
+    assert approvals_authorising(second) == {REPEATED_CONTRACT: signed[REPEATED_CONTRACT]}
 
 
-def run_failing_demo_002(home: Path, config_dir: Path, change, *, approve: bool) -> str:
-    """Run a changed C-DEMO-002 through `airflow dags test`; assert it fails and delivers nothing.
+# ---- DAG runs of changed contracts, each on its own copy of the demo state -------------------------------------
 
-    Returns the contract's `blocked` ledger records as JSON lines.
-    """
-    from audit.ledger import Ledger
-    from demo.runner import airflow_environment, approve_demo_contracts
 
-    (config_dir / "contracts").mkdir(parents=True)
-    shutil.copy(home / "demo" / "configs" / "approvers.yaml", config_dir / "approvers.yaml")
+@dataclass
+class BackgroundDagTest:
+    """`airflow dags test contract_c_demo_002` running on a private copy of the demo state, output in ``log``."""
+
+    home: Path
+    drop_before: list[Path]
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Wait for the run; its exit status and output."""
+        code = self.proc.wait(timeout=timeout)
+        return code, self.log.read_text(errors="replace")
+
+    def drop(self) -> list[Path]:
+        """The packages in the drop folder now."""
+        return sorted((self.home / "drop").rglob("*.tar.age"))
+
+    def audit_show(self, *args: str) -> str:
+        return subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-002", *args, "--json"],
+                              env=demo_env(self.home), capture_output=True, text=True, check=True).stdout
+
+
+def start_changed_demo_002(demo: DemoState, root: Path, change: Callable[[dict[str, Any]], None], *, approve: bool,
+                           connections: dict[str, str] | None = None,
+                           change_catalogue: Callable[[dict[str, Any]], None] | None = None) -> BackgroundDagTest:
+    """Copy the demo state, change C-DEMO-002 (and its source's catalogue, with ``change_catalogue``), approve the
+    changes when ``approve``, and start the contract's DAG run."""
+    home = copy_state(demo.home, root / "state")
+    config_dir = root / "configs"  # the demo's configuration (approvers, source catalogues), with the changed contract
+    shutil.copytree(home / "demo" / "configs", config_dir, ignore=shutil.ignore_patterns("contracts"))
+    (config_dir / "contracts").mkdir()
     data = yaml.safe_load((home / "demo" / "configs" / "contracts" / "C-DEMO-002.yaml").read_text())
     change(data)
+    if change_catalogue:
+        catalogue_file = catalogue_path(config_dir, data["source"]["connection"])
+        catalogue = yaml.safe_load(catalogue_file.read_text())
+        change_catalogue(catalogue)
+        catalogue_file.write_text(yaml.safe_dump(catalogue, sort_keys=False))
     contract = config_dir / "contracts" / "C-DEMO-002.yaml"
     contract.write_text(yaml.safe_dump(data, sort_keys=False))
     if approve:  # the gate runs only approved content: approve the change so the run gets past authorise
-        with Ledger(f"sqlite:///{home / 'ledger.sqlite'}") as ledger:
+        # The demo's ledger is keyed (make demo wrote <home>/keys/ledger.key): approve with that key.
+        with Ledger(f"sqlite:///{home / 'ledger.sqlite'}",
+                    key=load_ledger_key(env={"CONTRACT_EXTRACTS_HOME": str(home)})) as ledger:
             approve_demo_contracts([contract], config_dir / "approvers.yaml", home / "keys" / "demo-approver", ledger)
     keys = {"master": home / "keys" / "master.key", "signing": home / "keys" / "sender-signing.key"}
+    connections = connections or {"demo_claims": f"sqlite:///{home / 'demo' / 'claims.sqlite'}"}
     env = airflow_environment(home=home, dags_dir=REPO / "dags", config_dir=config_dir, keys=keys,
-                              connections={"demo_claims": f"sqlite:///{home / 'demo' / 'claims.sqlite'}"},
-                              base=demo_env(home))
+                              connections=connections, base=demo_env(home))
     drop_before = sorted((home / "drop").rglob("*.tar.age"))
-    proc = subprocess.run(["airflow", "dags", "test", "contract_c_demo_002"], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode != 0
-    assert sorted((home / "drop").rglob("*.tar.age")) == drop_before, "nothing may be delivered"
-    return subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-002", "--action", "blocked", "--json"],
-                          env=demo_env(home), capture_output=True, text=True, check=True).stdout
+    log = root / "dags-test.log"
+    proc = servers.start(["airflow", "dags", "test", "contract_c_demo_002"], env, log)
+    return BackgroundDagTest(home=home, drop_before=drop_before, log=log, proc=proc)
 
 
-def test_dag_run_of_an_unapproved_change_is_blocked_at_authorise(demo_runs, tmp_path: Path) -> None:
-    home, *_ = demo_runs
-    blocked = run_failing_demo_002(  # a real column, but not approved
-        home, tmp_path / "configs", lambda d: d["datasets"][0]["columns"].update(sex={"treatment": "keep"}),
-        approve=False)
-    last = json.loads(blocked.splitlines()[-1])
+def _add_column(name: str) -> Callable[[dict[str, Any]], None]:
+    return lambda data: data["datasets"][0]["columns"].update({name: {"treatment": "keep"}})
+
+
+def _start_unapproved_change(demo: DemoState, root: Path, _stack: ExitStack) -> BackgroundDagTest:
+    return start_changed_demo_002(demo, root, _add_column("sex"), approve=False)  # a real column, not approved
+
+
+def _start_missing_column(demo: DemoState, root: Path, _stack: ExitStack) -> BackgroundDagTest:
+    def catalogue_shoe_size(catalogue: dict[str, Any]) -> None:  # catalogued (so approvable), but not in the table
+        catalogue["tables"]["claimants"]["columns"]["shoe_size"] = {"class": "other", "description": "Shoe size."}
+
+    return start_changed_demo_002(demo, root, _add_column("shoe_size"), approve=True,
+                                  change_catalogue=catalogue_shoe_size)
+
+
+def _start_partitioned_from_postgresql(demo: DemoState, root: Path, stack: ExitStack) -> BackgroundDagTest:
+    url = stack.enter_context(temporary_database("postgresql"))
+    write_demo_source(url, n_people=800)
+
+    def partitioned(data: dict[str, Any]) -> None:
+        data["datasets"][0]["partition"] = {"column": "id", "parts": 3}
+
+    # The demo's catalogued source, demo_claims, is the same synthetic data in PostgreSQL here.
+    return start_changed_demo_002(demo, root, partitioned, approve=True,
+                                  connections={"demo_claims": airflow_uri(url)})
+
+
+@dataclass
+class DagTests:
+    """The background DAG runs by name, and why any of them could not be started."""
+
+    started: dict[str, BackgroundDagTest] = field(default_factory=dict)
+    not_started: dict[str, BaseException] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> BackgroundDagTest:
+        if name in self.not_started:
+            raise self.not_started[name]
+        return self.started[name]
+
+
+DAG_TESTS: dict[str, Callable[[DemoState, Path, ExitStack], BackgroundDagTest]] = {
+    "unapproved-change": _start_unapproved_change,
+    "missing-column": _start_missing_column,
+    "partitioned-postgresql": _start_partitioned_from_postgresql,
+}
+
+
+@pytest.fixture(scope="module")
+def dag_tests(demo_state: DemoState, request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagTests]:
+    """The DAG runs named by the `dag_test` markers of the selected tests, all started at once."""
+    wanted = {marker.args[0] for item in request.session.items for marker in item.iter_markers("dag_test")}
+    runs = DagTests()
+    with ExitStack() as stack:
+        try:
+            for name, start in DAG_TESTS.items():
+                if name in wanted:
+                    try:
+                        runs.started[name] = start(demo_state, tmp_path_factory.mktemp(name), stack)
+                    except (Exception, pytest.fail.Exception) as exc:  # fails that one test, not the others
+                        runs.not_started[name] = exc
+            yield runs
+        finally:
+            for run in runs.started.values():  # whatever a failed test left running, with anything it started
+                servers.stop(run.proc)
+
+
+@pytest.mark.dag_test("unapproved-change")
+def test_dag_run_of_an_unapproved_change_is_blocked_at_authorise(dag_tests: DagTests) -> None:
+    run = dag_tests["unapproved-change"]
+    code, _output = run.finish(timeout=300)
+    assert code != 0
+    assert run.drop() == run.drop_before, "nothing may be delivered"
+    last = json.loads(run.audit_show("--action", "blocked").splitlines()[-1])
     assert last["details"]["stage"] == "authorise"
     assert "changed since approval" in last["details"]["reason"] and "column sex added" in last["details"]["reason"]
 
 
-def test_dag_run_with_a_column_missing_from_the_source_is_blocked(demo_runs, tmp_path: Path) -> None:
-    home, *_ = demo_runs
-    blocked = run_failing_demo_002(
-        home, tmp_path / "configs", lambda d: d["datasets"][0]["columns"].update(shoe_size={"treatment": "keep"}),
-        approve=True)
+@pytest.mark.dag_test("missing-column")
+def test_dag_run_with_a_column_missing_from_the_source_is_blocked(dag_tests: DagTests) -> None:
+    run = dag_tests["missing-column"]
+    code, _output = run.finish(timeout=300)
+    assert code != 0
+    assert run.drop() == run.drop_before, "nothing may be delivered"
+    blocked = run.audit_show("--action", "blocked")
     assert "shoe_size" in blocked and '"stage": "extract"' in blocked
-    assert not list((home / "staging").rglob("*.parquet")), "staging is removed after a failed run"
+    assert not list((run.home / "staging").rglob("*.parquet")), "staging is removed after a failed run"
 
 
 @pytest.mark.integration
-def test_partitioned_delivery_from_postgresql_through_airflow(demo_runs, tmp_path: Path) -> None:
+@pytest.mark.dag_test("partitioned-postgresql")
+def test_partitioned_delivery_from_postgresql_through_airflow(dag_tests: DagTests,
+                                                              tmp_path: Path) -> None:
     """Mapped partition tasks read one exported snapshot, held by a process that outlives the plan task."""
-    from audit.ledger import Ledger
-    from demo.runner import airflow_environment, approve_demo_contracts
-    from demo.synthetic import write_demo_source
-    from tests.conftest import airflow_uri, temporary_database
-
-    home, *_ = demo_runs
-    with temporary_database("postgresql") as url:
-        write_demo_source(url, n_people=800)
-        config_dir = tmp_path / "configs"
-        (config_dir / "contracts").mkdir(parents=True)
-        shutil.copy(home / "demo" / "configs" / "approvers.yaml", config_dir / "approvers.yaml")
-        data = yaml.safe_load((home / "demo" / "configs" / "contracts" / "C-DEMO-002.yaml").read_text())
-        data["source"] = {"connection": "demo_pg"}
-        data["datasets"][0]["partition"] = {"column": "id", "parts": 3}
-        contract = config_dir / "contracts" / "C-DEMO-002.yaml"
-        contract.write_text(yaml.safe_dump(data, sort_keys=False))
-        with Ledger(f"sqlite:///{home / 'ledger.sqlite'}") as ledger:
-            approve_demo_contracts([contract], config_dir / "approvers.yaml", home / "keys" / "demo-approver", ledger)
-        keys = {"master": home / "keys" / "master.key", "signing": home / "keys" / "sender-signing.key"}
-        env = airflow_environment(home=home, dags_dir=REPO / "dags", config_dir=config_dir, keys=keys,
-                                  connections={"demo_pg": airflow_uri(url)}, base=demo_env(home))
-        drop_before = set((home / "drop").rglob("*.tar.age"))
-        proc = subprocess.run(["airflow", "dags", "test", "contract_c_demo_002"], env=env, capture_output=True,
-                              text=True, timeout=400, check=False)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        new = set((home / "drop").rglob("*.tar.age")) - drop_before
-        assert len(new) == 1
-        shown = subprocess.run([CLI, "audit", "show", "--contract", "C-DEMO-002", "--json"], env=demo_env(home),
-                               capture_output=True, text=True, check=True).stdout
-        delivery = new.pop().name.removesuffix(".tar.age").split("_", 1)[1]
-        actions = [json.loads(line)["action"] for line in shown.splitlines()
-                   if json.loads(line)["delivery"] == delivery]
-        assert "partitions_planned" in actions and "snapshot_released" in actions and "delivered" in actions
-        out = tmp_path / "out"
-        subprocess.run([CLI, "decrypt", str(next(p for p in (home / "drop").rglob(f"*{delivery}*"))),
-                        "--identity", str(home / "demo" / "identities" / "borealis-analyst.txt"),
-                        "--sender-key", str(home / "keys" / "sender-signing.pub"), "--out", str(out)], check=True,
-                       capture_output=True)
-        assert pq.read_table(out / "data" / "claimants.parquet").num_rows == 800
+    run = dag_tests["partitioned-postgresql"]
+    code, output = run.finish(timeout=400)
+    assert code == 0, output[-6000:]
+    (package,) = set(run.drop()) - set(run.drop_before)
+    delivery = package.name.removesuffix(".tar.age").split("_", 1)[1]
+    actions = [json.loads(line)["action"] for line in run.audit_show().splitlines()
+               if json.loads(line)["delivery"] == delivery]
+    assert "partitions_planned" in actions and "snapshot_released" in actions and "delivered" in actions
+    out = tmp_path / "out"
+    subprocess.run([CLI, "decrypt", str(package),
+                    "--identity", str(run.home / "demo" / "identities" / "borealis-analyst.txt"),
+                    "--sender-key", str(run.home / "keys" / "sender-signing.pub"), "--out", str(out)], check=True,
+                   capture_output=True)
+    assert pq.read_table(out / "data" / "claimants.parquet").num_rows == 800

@@ -4,13 +4,18 @@ even while the source is written to; MariaDB partitions are bounded by the plann
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import time
 
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from audit.ledger import Ledger
 from contracts.model import Contract
 from core.errors import SourceError
+from extract import snapshot_holder
 from extract.partitioning import (
     PartitionRange,
     estimated_rows,
@@ -47,7 +52,7 @@ def contract() -> Contract:
         "security_assurance": {"framework": "SARA", "reference": "r", "expires": "2099-01-01"},
         "valid": {"from": "2020-01-01", "until": "2099-01-01"}, "source": {"connection": "src"},
         "datasets": [{"name": "people", "table": "people",
-                      "columns": {c: {"treatment": "keep", "free_text": False}
+                      "columns": {c: {"treatment": "keep"}
                                   for c in ("id", "key", "born", "note")}}],
         "recipients": [{"name": "r", "age": "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"}],
     })
@@ -139,9 +144,6 @@ def test_mariadb_partitions_exclude_rows_inserted_after_planning() -> None:
 
 
 def _wait_exit(pid: int, seconds: float) -> bool:
-    import os
-    import time
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         done, _status = os.waitpid(pid, os.WNOHANG)
@@ -152,12 +154,6 @@ def _wait_exit(pid: int, seconds: float) -> bool:
 
 
 def test_detached_holder_keeps_the_snapshot_until_the_ledger_releases_it(tmp_path) -> None:
-    import os
-    import signal
-
-    from audit.ledger import Ledger
-    from extract import snapshot_holder
-
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     with temporary_database("postgresql") as url:
         engine = sa.create_engine(url)
@@ -188,8 +184,6 @@ def test_detached_holder_keeps_the_snapshot_until_the_ledger_releases_it(tmp_pat
 
 
 def test_holder_gives_up_after_its_maximum_lifetime(tmp_path) -> None:
-    from extract import snapshot_holder
-
     with temporary_database("postgresql") as url:
         engine = sa.create_engine(url)
         make_table(engine, 5)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.errors import DataError
 from masking.canonical import canonicalise
 
 CASES = {
@@ -95,8 +97,6 @@ def test_integer_text_and_int_agree(n: int, zeros: int, left: str, right: str) -
 
 
 def test_integer_canonicaliser_refuses_non_numeric_text_without_showing_it() -> None:
-    from core.errors import DataError
-
     with pytest.raises(DataError) as excinfo:
         canonicalise(pa.array(["42", "AB123456C", "7x"]), "integer")
     assert "2 value(s)" in str(excinfo.value)
@@ -104,8 +104,6 @@ def test_integer_canonicaliser_refuses_non_numeric_text_without_showing_it() -> 
 
 
 # ---- the ASCII fast path gives exactly what the regular expressions define ----------------------
-
-import pyarrow.compute as pc  # noqa: E402
 
 _WS = r"[\s\x0B\x{85}\p{Z}]+"
 

@@ -1,9 +1,10 @@
 """Contract validation of treatments: nonsense is refused with the file, the key and the fix.
 
 Options that do not fit together are refused when the file loads (the strict model); problems across
-columns (entities, free text, unmasked, sample) by ``check_contract``, which the extract stage runs
-(and the contract model runs too once it calls ``contracts.treatments.check_treatments``); problems
-that need the source's types when the extract is planned.
+columns (entities, unmasked, sample) by ``check_contract``, which the extract stage runs (and the contract
+model runs too: ``contracts.column_treatments.check_treatments``); problems that need the source's types
+when the extract is planned. What a column's class allows (free text, identifiers) is the source
+catalogue's: tests/contracts/test_catalogue.py.
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from collections.abc import Callable
 import pyarrow as pa
 import pytest
 
+from contracts.column_treatments import (
+    Generalise,
+    Keep,
+    Pseudonymise,
+    Sample,
+    Unmasked,
+    check_treatments,
+    treatment_problems,
+)
 from contracts.loading import contract_from_mapping, parse_yaml
-from contracts.treatments import looks_like_free_text, treatment_problems
 from core.errors import ContractError
-from masking.treatments import check_contract, plan_contract
+from masking.column_plans import check_contract, plan_contract
 from tests.conftest import REPO
 
 FILE = "configs/contracts/C-DEMO-001.yaml"
@@ -79,6 +88,11 @@ MODEL_ERRORS = {
     "sample-fraction-above-one": (lambda d: d.update(sample={"entity": "claimant", "fraction": 1.5}),
                                   "sample.fraction"),
     "unknown-option": (lambda d: claimants(d)["nino"].update(salt="x"), "unknown key 'salt'"),
+    # No contract key switches a catalogued class off (or on): the data owner decides, in the catalogue.
+    "free-text-switched-off": (lambda d: claimants(d).update(last_name={"treatment": "keep", "free_text": False}),
+                               "decided by the source catalogue"),
+    "identifier-switched-off": (lambda d: claimants(d)["sex"].update(quasi_identifier=False),
+                                "decided by the source catalogue"),
 }
 
 
@@ -93,28 +107,20 @@ def test_nonsense_is_refused_when_the_file_loads(change, fragment: str) -> None:
 # ---- refused by check_contract (across columns) ------------------------------------------------
 
 CHECK_ERRORS = {
-    "free-text-kept": (lambda d: claimants(d).update(first_name={"treatment": "keep"}),
-                       "datasets[0].columns.first_name", "free text"),
-    "free-text-pseudonymised": (lambda d: claimants(d).update(last_name={"treatment": "pseudonymise",
-                                                                         "entity": "person"}),
-                                "datasets[0].columns.last_name", "free text"),
-    "declared-free-text-generalised": (lambda d: claimants(d).update(
-        region={"treatment": "generalise", "to": "mapping", "mapping": {"North": "N"}, "free_text": True}),
-        "datasets[0].columns.region", "free text"),
-    "address-camel-case": (lambda d: claimants(d).update(homeAddress={"treatment": "keep"}),
-                           "datasets[0].columns.homeAddress", "free text"),
     "unmasked-not-listed": (lambda d: claimants(d).update(first_name={"treatment": "unmasked"}),
                             "datasets[0].columns.first_name", "'unmasked:' list does not name it"),
     "listed-but-pseudonymised": (lambda d: d.update(unmasked=[{
         "dataset": "claimants", "column": "nino", "business_requirement": "survey needs the NINO"}]),
         "datasets[0].columns.nino", "listed under 'unmasked:'"),
     "sample-entity-missing": (lambda d: d.update(sample={"fraction": 0.1}), "sample.entity", "names no entity"),
-    "sample-entity-not-in-a-dataset": (lambda d: d.update(sample={"entity": "person", "fraction": 0.1}),
+    "sample-entity-not-in-a-dataset": (lambda d: (d.pop("population"), d.update(sample={"entity": "person",
+                                                                                        "fraction": 0.1})),
                                        "datasets[1].columns", "'payments' has no column pseudonymised"),
     "sample-entity-twice": (lambda d: (payments(d).update(
         payer={"treatment": "pseudonymise", "entity": "person"},
         payee={"treatment": "pseudonymise", "entity": "person"}),
-        d.update(sample={"entity": "person", "fraction": 0.1})), "datasets[1].columns", "2 columns"),
+        d.pop("population"), d.update(sample={"entity": "person", "fraction": 0.1})), "datasets[1].columns",
+        "2 columns"),
     "date-shift-entity-missing": (lambda d: payments(d).update(paid_on={"treatment": "date_shift",
                                                                         "entity": "person"}),
                                   "datasets[1].columns.paid_on.entity", "found 0"),
@@ -145,9 +151,8 @@ ACCEPTED = {
     "free-text-omitted": lambda d: None,
     "free-text-suppressed": lambda d: claimants(d).update(first_name={"treatment": "suppress"}),
     "free-text-unmasked-and-listed": lambda d: (claimants(d).update(first_name={"treatment": "unmasked"}), d.update(
-        unmasked=[{"dataset": "claimants", "column": "first_name", "business_requirement": "survey contact"}])),
-    "name-declared-not-free-text": lambda d: claimants(d).update(benefit_name={"treatment": "keep",
-                                                                               "free_text": False}),
+        unmasked=[{"dataset": "claimants", "column": "first_name",
+                   "business_requirement": "the survey letter is addressed by name"}])),
     "listed-and-kept": lambda d: d.update(unmasked=[{"dataset": "claimants", "column": "region",
                                                      "business_requirement": "survey frame needs the region"}]),
     "sample-by-claimant": lambda d: d.update(sample={"entity": "claimant", "fraction": 0.1, "max_records": 50}),
@@ -164,15 +169,6 @@ def test_sensible_contracts_pass(change) -> None:
     assert treatment_problems(contract) == []
 
 
-@pytest.mark.parametrize(("name", "free"), [
-    ("first_name", True), ("surname", True), ("Forename", True), ("address_line1", True), ("case_notes", True),
-    ("homeAddress", True), ("comment", True), ("free_text", True), ("nino", False), ("postcode", False),
-    ("region", False), ("date_of_birth", False), ("benefit_code", False), ("notebook_id", False),
-])
-def test_free_text_names(name: str, free: bool) -> None:
-    assert looks_like_free_text(name) is free
-
-
 # ---- refused when the extract is planned (needs the source's types) ------------------------------
 
 SOURCE = {
@@ -186,8 +182,6 @@ SOURCE = {
 
 
 def test_the_model_validator_leaves_the_sample_to_the_extract() -> None:
-    from contracts.treatments import Keep, check_treatments
-
     contract = contract_from_mapping(demo(lambda d: d.update(sample={"fraction": 0.1})), FILE)
     check_treatments(contract)  # a sample may be written before its entity; the run refuses it
     with pytest.raises(ContractError, match="names no entity"):
@@ -195,9 +189,9 @@ def test_the_model_validator_leaves_the_sample_to_the_extract() -> None:
     base = contract_from_mapping(demo(), FILE)
     first = base.datasets[0]
     bad = base.model_copy(update={"datasets": [
-        first.model_copy(update={"columns": {**first.columns, "surname": Keep(treatment="keep")}}),
+        first.model_copy(update={"columns": {**first.columns, "surname": Unmasked(treatment="unmasked")}}),
         *base.datasets[1:]]})
-    with pytest.raises(ValueError, match=r"datasets\[0\]\.columns\.surname: .*free text"):
+    with pytest.raises(ValueError, match=r"datasets\[0\]\.columns\.surname: .*does not name it"):
         check_treatments(bad)
 
 
@@ -231,8 +225,6 @@ def test_wrong_type_is_refused_with_file_key_and_fix() -> None:
 
 
 def test_unset_new_options_leave_the_content_hash_of_older_contracts_alone() -> None:
-    from contracts.treatments import Generalise, Keep, Pseudonymise, Sample
-
     # The canonical form (contracts.loading.content_hash) of treatments written before the options existed.
     assert Keep(treatment="keep").model_dump(mode="json") == {"treatment": "keep"}
     assert Generalise(treatment="generalise", to="year").model_dump(mode="json") == \
@@ -241,5 +233,4 @@ def test_unset_new_options_leave_the_content_hash_of_older_contracts_alone() -> 
         {"treatment": "pseudonymise", "entity": "person", "canonicalise": "nino"}
     assert Sample(fraction=0.1).model_dump(mode="json") == {"fraction": 0.1, "max_records": None}
     # Set options are part of the content (a changed option needs a new approval).
-    assert Keep(treatment="keep", free_text=False).model_dump(mode="json") == {"treatment": "keep", "free_text": False}
     assert Sample(entity="person", fraction=0.1).model_dump(mode="json")["entity"] == "person"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import ContractExtractsError, KeyError_
+from core.errors import ContractExtractsError, KeyMaterialError
 from masking.keys import (
     MASTER_KEY_ENV,
     MASTER_KEY_FILE_ENV,
@@ -84,7 +84,7 @@ def test_keys_differ_by_purpose_contract_and_delivery() -> None:
         for contract in ("C-DEMO-001", "C-DEMO-002")
         for delivery in (None, "20261125T020000Z-1a2b3c4d", "20261125T020000Z-1a2b3c4e")
     }
-    assert len(keys) == 3 * 2 * 3
+    assert len(keys) == len(PURPOSES) * 2 * 3 == 4 * 2 * 3
 
 
 def test_unknown_purpose_is_refused() -> None:
@@ -138,14 +138,14 @@ def test_load_from_private_file(tmp_path: Path) -> None:
 
 
 def test_missing_configuration_is_refused() -> None:
-    with pytest.raises(KeyError_, match="no master key") as info:
+    with pytest.raises(KeyMaterialError, match="no master key") as info:
         load_master_key({})
     assert "Fix:" in str(info.value)
 
 
 def test_missing_key_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "absent.key"
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         load_master_key({MASTER_KEY_FILE_ENV: str(path)})
     assert str(path) in str(info.value)
     assert "does not exist" in str(info.value)
@@ -155,7 +155,7 @@ def test_missing_key_file_is_refused(tmp_path: Path) -> None:
                          ids=["0644", "0640", "0604", "0660", "0666", "0602"])
 def test_key_file_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
     path = write_key_file(tmp_path, SECRET_HEX + "\n", mode=mode)
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         load_master_key({MASTER_KEY_FILE_ENV: str(path)})
     text = str(info.value)
     assert str(path) in text
@@ -173,7 +173,7 @@ def test_owner_only_modes_are_accepted(tmp_path: Path, mode: int) -> None:
 def test_directory_as_key_file_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "keydir"
     folder.mkdir(mode=0o700)
-    with pytest.raises(KeyError_, match="not a regular file"):
+    with pytest.raises(KeyMaterialError, match="not a regular file"):
         load_master_key_file(folder)
 
 
@@ -193,7 +193,7 @@ MALFORMED = {
 @pytest.mark.parametrize("content", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_key_in_file_is_refused_without_echoing_it(tmp_path: Path, content: str) -> None:
     path = write_key_file(tmp_path, content + "\n")
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         load_master_key_file(path)
     assert str(path) in str(info.value)
     assert "malformed" in str(info.value) or "32 bytes" in str(info.value)
@@ -204,7 +204,7 @@ def test_malformed_key_in_file_is_refused_without_echoing_it(tmp_path: Path, con
 
 @pytest.mark.parametrize("content", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_key_in_environment_is_refused_without_echoing_it(content: str) -> None:
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         parse_master_key(content, f"environment variable {MASTER_KEY_ENV}")
     assert MASTER_KEY_ENV in str(info.value)
     _assert_no_secret(info.value)
@@ -217,13 +217,13 @@ def test_binary_key_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
     secret = bytes(range(200, 232))
     path.write_bytes(secret)
     os.chmod(path, 0o600)
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         load_master_key_file(path)
     assert secret.hex() not in str(info.value)
 
 
 def test_master_key_must_be_32_bytes() -> None:
-    with pytest.raises(KeyError_, match="32 bytes"):
+    with pytest.raises(KeyMaterialError, match="32 bytes"):
         MasterKey(secret=b"\x01" * 31, source="test")
 
 
@@ -296,7 +296,7 @@ def test_several_files_joined_by_path_separator(tmp_path: Path) -> None:
 def test_several_keys_without_a_current_one_refuse_unpinned_runs(tmp_path: Path) -> None:
     path = write_key_file(tmp_path, f"{SECRET_HEX}\n{OTHER_HEX}\n")
     keyring = load_keyring({MASTER_KEY_FILE_ENV: str(path)})
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         keyring.select(None)
     text = str(info.value)
     assert CURRENT_KEY_ID_ENV in text and str(path) in text and _id(SECRET_HEX) in text
@@ -307,7 +307,7 @@ def test_several_keys_without_a_current_one_refuse_unpinned_runs(tmp_path: Path)
 
 def test_pinned_key_missing_names_the_source_and_the_ids(tmp_path: Path) -> None:
     path = write_key_file(tmp_path, SECRET_HEX)
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         resolve_master_key(FileKeySource((path,), {}), _id(OTHER_HEX))
     text = str(info.value)
     assert _id(OTHER_HEX) in text and _id(SECRET_HEX) in text and str(path) in text and "key_id" in text
@@ -315,14 +315,14 @@ def test_pinned_key_missing_names_the_source_and_the_ids(tmp_path: Path) -> None
 
 
 def test_current_key_id_must_be_in_the_ring_and_well_formed() -> None:
-    with pytest.raises(KeyError_, match="not among the master keys"):
+    with pytest.raises(KeyMaterialError, match="not among the master keys"):
         EnvKeySource({MASTER_KEY_ENV: SECRET_HEX, CURRENT_KEY_ID_ENV: _id(OTHER_HEX)}).load()
-    with pytest.raises(KeyError_, match="not a key id"):
+    with pytest.raises(KeyMaterialError, match="not a key id"):
         EnvKeySource({MASTER_KEY_ENV: SECRET_HEX, CURRENT_KEY_ID_ENV: "yesterday's"}).load()
 
 
 def test_environment_with_several_keys_names_the_bad_one_by_position_only() -> None:
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         EnvKeySource({MASTER_KEY_ENV: f"{SECRET_HEX},{OTHER_HEX[:-2]}zz"}).load()
     text = str(info.value)
     assert "key 2 of 2" in text and MASTER_KEY_ENV in text and "malformed" in text
@@ -336,14 +336,14 @@ def test_environment_with_several_keys_names_the_bad_one_by_position_only() -> N
     ({MASTER_KEY_ENV: "# only a comment"}, "holds no master key"),
 ])
 def test_missing_keys_are_clear(env: dict, fragment: str) -> None:
-    with pytest.raises(KeyError_, match=fragment):
+    with pytest.raises(KeyMaterialError, match=fragment):
         resolve_master_key(default_key_source(env))
 
 
 def test_wrong_permissions_name_the_file_not_the_key(tmp_path: Path) -> None:
     good = write_key_file(tmp_path, SECRET_HEX, name="good.key")
     loose = write_key_file(tmp_path, OTHER_HEX, mode=0o640, name="loose.key")
-    with pytest.raises(KeyError_) as info:
+    with pytest.raises(KeyMaterialError) as info:
         FileKeySource((good, loose), {}).load()
     assert str(loose) in str(info.value) and "chmod 600" in str(info.value)
     _assert_no_secret(info.value, OTHER_HEX)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.treatments import (
+from contracts.column_treatments import (
     BottomCode,
     DateShift,
     Generalise,
@@ -27,8 +27,8 @@ from contracts.treatments import (
     Unmasked,
 )
 from core.errors import DataError
+from masking.column_plans import describe, mask_batch, plan_column
 from masking.keys import ContractKeys, MasterKey
-from masking.treatments import describe, mask_batch, plan_column
 
 from .vectors import MASTER, expected_contract_key, expected_offset, expected_pseudonym
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from fractions import Fraction
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -73,8 +74,6 @@ def expected_offset(dateshift_key: bytes, entity: str, canonical: str, max_days:
 def expected_sample(sample_key: bytes, entity: str, canonicals, fraction: float | None,
                     max_records: int | None) -> set[str]:
     """design.md: keep rank < fraction × 2^64 (exact), then the max_records smallest ranks (bottom-k)."""
-    from fractions import Fraction
-
     ranked = sorted((expected_rank(sample_key, entity, c), c) for c in set(canonicals))
     if fraction is not None:
         ranked = [(r, c) for r, c in ranked if Fraction(r) < Fraction(fraction) * 2**64]

@@ -12,15 +12,15 @@ import sqlalchemy as sa
 
 from audit.ledger import Ledger
 from core.errors import SourceError
-from pipeline.incremental import (
+from extract.incremental import (
     Window,
     current_upper,
     decode_mark,
     encode_mark,
     plan_window,
-    previous_marks,
     window_clause,
 )
+from pipeline.incremental import previous_marks
 
 
 @pytest.mark.parametrize("value", [

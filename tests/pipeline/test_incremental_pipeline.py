@@ -15,12 +15,12 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from authorisation.testing import approve_for_tests
 from core.errors import AuthorisationError
 from core.settings import load_settings
 from delivery.verify import decrypt_package
 from demo.synthetic import write_demo_source
 from pipeline.stages import Pipeline, RunContext
+from tests.authorisation.helpers import approve_for_tests
 from tests.conftest import Workspace, temporary_database
 
 CONTRACT = "C-DEMO-002"
@@ -29,7 +29,9 @@ CONTRACT = "C-DEMO-002"
 def make_incremental(workspace: Workspace, parts: int | None = None, **extra) -> Path:
     path = workspace.contracts_dir / f"{CONTRACT}.yaml"
     data = yaml.safe_load(path.read_text())
-    data["incremental"] = {"column": "id"}
+    # An increasing column that is not an identifier: an identifier's marks would reach the ledger and the
+    # manifest (the catalogue refuses incremental on claimants.id).
+    data["incremental"] = {"column": "claim_start"}
     data.update(extra)
     if parts:
         for dataset in data["datasets"]:
@@ -50,7 +52,8 @@ def pipeline(workspace: Workspace, url: str, **trigger) -> Pipeline:
 def delivered_ninos(workspace: Workspace, result: dict, tmp_path: Path) -> list[str]:
     package = next((workspace.home / "drop").rglob(result["package"]["package"]))
     out = tmp_path / result["delivery_id"]
-    decrypt_package(package, identity=workspace.identities / "borealis-analyst.txt", out_dir=out)
+    decrypt_package(package, identity=workspace.identities / "borealis-analyst.txt", out_dir=out,
+                    sender_key=workspace.keys["public"])
     manifest_kind = __import__("json").loads((out / "manifest.json").read_text())["extract"]["kind"]
     return [manifest_kind, *pq.read_table(out / "data" / "claimants.parquet").column("nino").to_pylist()]
 
@@ -64,7 +67,8 @@ def add_claimants(url: str, start: int, count: int) -> None:
                                  "postcode, region, benefit_code, weekly_amount, claim_start, claim_end) VALUES "
                                  "(:id, :nino, :first_name, :last_name, :date_of_birth, :sex, :postcode, :region, "
                                  ":benefit_code, :weekly_amount, :claim_start, :claim_end)"),
-                         {**row, "id": i, "nino": f"ZX{i:06d}A"[:9]})
+                         {**row, "id": i, "nino": f"ZX{i:06d}A"[:9],
+                          "claim_start": dt.date(2027, 1, 1) + dt.timedelta(days=i)})
     engine.dispose()
 
 

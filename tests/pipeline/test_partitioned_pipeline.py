@@ -16,11 +16,12 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from authorisation.testing import approve_for_tests
 from core.settings import load_settings
 from delivery.verify import decrypt_package
 from demo.synthetic import write_demo_source
+from masking import engine as masking_engine
 from pipeline.stages import Pipeline, RunContext
+from tests.authorisation.helpers import approve_for_tests
 from tests.conftest import Workspace, temporary_database
 
 CONTRACT = "C-DEMO-001"
@@ -54,7 +55,8 @@ def pipeline(workspace: Workspace, url: str) -> Pipeline:
 
 def delivered(workspace: Workspace, result: dict, out: Path) -> dict[str, pa.Table]:
     package = next((workspace.home / "drop").rglob(result["package"]["package"]))
-    decrypt_package(package, identity=workspace.identities / "acme-analyst.txt", out_dir=out)
+    decrypt_package(package, identity=workspace.identities / "acme-analyst.txt", out_dir=out,
+                    sender_key=workspace.keys["public"])
     tables = {}
     for name in ("claimants", "payments"):
         table = pq.read_table(out / "data" / f"{name}.parquet")
@@ -125,7 +127,8 @@ def test_writes_during_a_partitioned_run_do_not_reach_the_delivery(workspace: Wo
         run.cleanup()
         package = next((workspace.home / "drop").rglob(f"*{run.delivery_id}*"))
         out = tmp_path / "during"
-        decrypt_package(package, identity=workspace.identities / "acme-analyst.txt", out_dir=out)
+        decrypt_package(package, identity=workspace.identities / "acme-analyst.txt", out_dir=out,
+                        sender_key=workspace.keys["public"])
         for name in ("claimants", "payments"):
             table = pq.read_table(out / "data" / f"{name}.parquet")
             table = table.sort_by([(c, "ascending") for c in table.column_names])
@@ -138,8 +141,6 @@ def test_an_unpartitioned_run_reads_every_dataset_from_one_snapshot(workspace: W
                                                                     monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """Writes committed between reading two datasets reach neither (PostgreSQL: one exported snapshot;
     MariaDB: one consistent-snapshot transaction reading the datasets in turn)."""
-    from masking import engine as masking_engine
-
     with temporary_database(kind) as url:
         write_demo_source(url, n_people=500)
         set_partitions(workspace, None, None)

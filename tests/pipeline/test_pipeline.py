@@ -7,6 +7,7 @@ in the drop folder, staging removed).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
 import uuid
@@ -20,7 +21,6 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from audit.ledger import Ledger
-from authorisation.testing import approve_for_tests
 from contracts import load_contract
 from core.errors import (
     AuthorisationError,
@@ -32,6 +32,7 @@ from core.settings import load_settings
 from delivery.verify import decrypt_package
 from demo.synthetic import write_demo_source
 from pipeline.stages import Pipeline, RunContext
+from tests.authorisation.helpers import approve_for_tests, demo_catalogue, write_catalogue
 from tests.conftest import Workspace, temporary_database
 
 PEOPLE = 400
@@ -41,9 +42,9 @@ def approve_current(workspace: Workspace, path: Path) -> None:
     """The gate runs only signed approvals of the current content: approve what the test runs."""
     try:
         load_contract(path)
-    except ContractError:
-        return  # an invalid file cannot be approved; its run is blocked at authorise anyway
-    approve_for_tests(workspace.config_dir, workspace.home, [path])
+        approve_for_tests(workspace.config_dir, workspace.home, [path])
+    except (ContractError, AuthorisationError):
+        return  # an invalid file (or one breaking its catalogue) cannot be approved; its run is blocked anyway
 
 
 def make_pipeline(workspace: Workspace, contract: str, source_url: str, *, approved: bool = True,
@@ -132,8 +133,8 @@ def test_delivers_exactly_the_contract_columns_and_no_raw_identifier(workspace: 
         assert not any(n in content for n in raw)
 
     actions = [a for a, _ in ledger_actions(workspace, pipeline.delivery_id)]
-    assert actions == ["run_started", "authorised", "extract_done", "validation_passed", "delivered",
-                       "run_completed", "staging_removed"]
+    assert actions == ["run_started", "authorised", "extract_done", "validation_passed", "delivery_intent",
+                       "delivered", "run_completed", "staging_removed"]
 
 
 def test_pseudonyms_join_across_datasets_of_one_contract(workspace: Workspace, sqlite_source: str,
@@ -141,7 +142,8 @@ def test_pseudonyms_join_across_datasets_of_one_contract(workspace: Workspace, s
     result = make_pipeline(workspace, "C-DEMO-001", sqlite_source).run_all()
     out = tmp_path / "received"
     decrypt_package(workspace.home / "drop" / "acme-research" / result["package"]["package"],
-                    identity=workspace.identities / "acme-analyst.txt", out_dir=out)
+                    identity=workspace.identities / "acme-analyst.txt", out_dir=out,
+                    sender_key=workspace.keys["public"])
     claimant_ids = set(pq.read_table(out / "data" / "claimants.parquet").column("id").to_pylist())
     payment_ids = set(pq.read_table(out / "data" / "payments.parquet").column("claimant_id").to_pylist())
     assert claimant_ids & payment_ids, "entity 'claimant' must give equal pseudonyms in both datasets"
@@ -173,6 +175,15 @@ def _drop_table(data: dict) -> None:
     data["datasets"][0]["table"] = "no_such_table"
 
 
+def _catalogue_column(data: dict) -> None:
+    """The catalogue lists a column the source does not have (the source drifted from it)."""
+    data["tables"]["claimants"]["columns"]["shoe_size"] = {"class": "other", "description": "Shoe size."}
+
+
+def _catalogue_table(data: dict) -> None:
+    data["tables"]["no_such_table"] = copy.deepcopy(data["tables"]["claimants"])
+
+
 def _expire(data: dict) -> None:
     data["valid"] = {"from": dt.date(2020, 1, 1), "until": dt.date(2021, 1, 1)}
 
@@ -181,15 +192,23 @@ def _assurance_expired(data: dict) -> None:
     data["security_assurance"]["expires"] = dt.date(2021, 1, 1)
 
 
-@pytest.mark.parametrize(("change", "error", "stage", "reason"), [
-    pytest.param(_drop_column, SourceError, "extract", "shoe_size", id="column-not-in-source"),
-    pytest.param(_drop_table, SourceError, "extract", "no_such_table", id="table-not-in-source"),
-    pytest.param(_expire, AuthorisationError, "authorise", "expired", id="contract-expired"),
-    pytest.param(_assurance_expired, AuthorisationError, "authorise", "security assurance",
+@pytest.mark.parametrize(("change", "catalogue", "error", "stage", "reason"), [
+    pytest.param(_drop_column, _catalogue_column, SourceError, "extract", "shoe_size", id="column-not-in-source"),
+    pytest.param(_drop_table, _catalogue_table, SourceError, "extract", "no_such_table", id="table-not-in-source"),
+    pytest.param(_drop_column, None, AuthorisationError, "authorise", "'shoe_size' of table 'claimants' is not in "
+                 "the source catalogue", id="column-not-in-catalogue"),
+    pytest.param(_drop_table, None, AuthorisationError, "authorise", "table 'no_such_table' is not in the source "
+                 "catalogue", id="table-not-in-catalogue"),
+    pytest.param(_expire, None, AuthorisationError, "authorise", "expired", id="contract-expired"),
+    pytest.param(_assurance_expired, None, AuthorisationError, "authorise", "security assurance",
                  id="assurance-expired"),
 ])
-def test_refusals_are_fail_closed(workspace: Workspace, sqlite_source: str, change, error, stage,
+def test_refusals_are_fail_closed(workspace: Workspace, sqlite_source: str, change, catalogue, error, stage,
                                   reason) -> None:
+    if catalogue is not None:
+        data = demo_catalogue()
+        catalogue(data)
+        write_catalogue(workspace.config_dir, data)
     rewrite_contract(workspace, "C-DEMO-001", change)
     pipeline = make_pipeline(workspace, "C-DEMO-001", sqlite_source)
     with pytest.raises(error) as excinfo:

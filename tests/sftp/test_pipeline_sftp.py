@@ -17,10 +17,12 @@ from sqlalchemy.engine import make_url
 from audit.ledger import Ledger
 from core.errors import ConfigError, DeliveryError
 from core.settings import load_settings
+from delivery.recipients import new_identity_file
 from delivery.sftp import HostKeyRejected, RetryPolicy
 from delivery.verify import verify_package
 from demo.synthetic import write_demo_source
 from pipeline.stages import STAGES, Pipeline, RunContext
+from tests.authorisation.helpers import approve_for_tests
 from tests.conftest import Workspace
 from tests.delivery.keyhelpers import gpg_decrypt, make_openpgp_recipient, make_ssh_key, stop_gpg_agent
 
@@ -53,8 +55,6 @@ def use_sftp(workspace: Workspace, recipients: list[dict] | None = None, path: s
 
 
 def pipeline(workspace: Workspace, source: str, run_key: str | None = None, **overrides) -> Pipeline:
-    from authorisation.testing import approve_for_tests
-
     # The authorise gate runs only signed approvals of the current content: approve what the test runs.
     approve_for_tests(workspace.config_dir, workspace.home, [workspace.contracts_dir / f"{CONTRACT}.yaml"])
     ctx = RunContext(contract_path=workspace.contracts_dir / f"{CONTRACT}.yaml", settings=load_settings(),
@@ -197,8 +197,6 @@ def test_refusals_are_blocked_with_a_clear_reason(workspace: Workspace, source: 
 
 def test_recipients_come_from_the_contract_only(workspace: Workspace, source: str, sshd: SSHServer, inbound: Path,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from delivery.recipients import new_identity_file
-
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN.upper()}", sshd.connection_json())
     intruder = new_identity_file(tmp_path / "intruder.txt")
     for name in ("CONTRACT_EXTRACTS_RECIPIENTS", "AGE_RECIPIENT", "CONTRACT_EXTRACTS_EXTRA_RECIPIENT"):

@@ -11,9 +11,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
+from airflow_glue.transports import airflow_sftp_endpoint
 from core.errors import ConfigError
 from delivery.sftp import (
     AuthenticationFailed,
@@ -27,6 +29,7 @@ from delivery.sftp import (
     connect,
     deliver_sftp,
     env_sftp_endpoint,
+    key_fingerprint,
 )
 
 from .conftest import SSHServer, _keygen
@@ -85,7 +88,6 @@ def test_host_key_matches_ssh_keygen_fingerprint(sshd: SSHServer, inbound: Path)
     try:
         printed = subprocess.run(["ssh-keygen", "-lf", str(sshd.host_key_file) + ".pub"], capture_output=True,
                                  text=True, check=True).stdout.split()[1]
-        from delivery.sftp import key_fingerprint
 
         assert key_fingerprint(session.host_key) == printed
     finally:
@@ -280,8 +282,6 @@ def test_connection_extras_cannot_add_recipients(sshd: SSHServer) -> None:
 
 
 def test_uri_form_and_password_are_read(sshd: SSHServer) -> None:
-    from urllib.parse import quote
-
     extra = json.dumps({"host_key": sshd.host_key_line, "root": str(sshd.root)})
     uri = f"sftp://user:p%40ss@127.0.0.1:{sshd.port}/?__extra__={quote(extra)}"
     ep = env_sftp_endpoint("acme_sftp", {"AIRFLOW_CONN_ACME_SFTP": uri})
@@ -292,8 +292,6 @@ def test_uri_form_and_password_are_read(sshd: SSHServer) -> None:
 
 
 def test_airflow_resolver_reads_the_same_connection(sshd: SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_glue.transports import airflow_sftp_endpoint
-
     monkeypatch.setenv("AIRFLOW_CONN_ACME_SFTP", sshd.connection_json())
     ours, theirs = endpoint(sshd), airflow_sftp_endpoint("acme_sftp")
     assert (theirs.host, theirs.port, theirs.username, theirs.root) == (ours.host, ours.port, ours.username, ours.root)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import pytest
 
 from audit.ledger import Ledger
-from authorisation.testing import approve_for_tests
 from contracts import content_hash, load_contract
 from core.settings import load_settings
+from tests.authorisation.helpers import approve_for_tests
 from tests.conftest import Workspace
 
 SHA = "ab" * 32

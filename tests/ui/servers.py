@@ -1,4 +1,4 @@
-"""Start and stop Airflow server processes for end-to-end tests, always cleaning up what was started.
+"""Start and stop Airflow processes (servers, background DAG runs) for end-to-end tests, always cleaning up.
 
 Each server runs in its own session (process group), so stopping it reaches every child it forked
 (gunicorn/uvicorn workers, executors, Celery pool processes) by that group's id, and nothing else.
@@ -55,7 +55,7 @@ def free_port(*, also: tuple[int, ...] = ()) -> int:
     raise RuntimeError("no free port pair below the ephemeral port range")
 
 
-def start(cmd: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
+def start(cmd: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
         # SIGINT is reset to default in the child (a background job would otherwise ignore it).
@@ -74,7 +74,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def stop(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
+def stop(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, to the process group this test started (by its id only).
 
     Every Airflow component shuts down cleanly on SIGTERM; `airflow standalone`'s parent waits forever

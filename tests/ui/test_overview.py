@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import sqlalchemy as sa
+
 from airflow_glue import overview as ov
 from audit.ledger import Ledger, LedgerRecord
 from contracts import load_contract
@@ -99,8 +101,6 @@ def test_overview_hides_contracts_the_user_may_not_read(ui_world: UiWorld) -> No
 
 
 def test_a_broken_chain_is_reported(ui_world: UiWorld) -> None:
-    import sqlalchemy as sa
-
     settings = load_settings()
     engine = sa.create_engine(settings.ledger_url)
     with engine.begin() as conn:

@@ -1,49 +1,38 @@
 """The "Contract deliveries" page inside a real Airflow UI, driven by Chromium through Playwright.
 
-The demo runs first into a throwaway state folder (real deliveries through `airflow dags test`); then
-`airflow standalone` starts on a free loopback port with the same environment and our plugins folder.
-An anonymous request to the page is refused; a logged-in operator sees the demo contracts and the
-latest delivery (from the ledger) on the page in the navigation and on the DAG run's tab. Screenshots
-are saved under test-artifacts/ui/ (git-ignored). Every process started here is stopped afterwards.
+The UI runs on a copy of the session's demo state (`demo_state`, tests/conftest.py: real deliveries through
+`airflow dags test`): `airflow api-server`, the process that serves Airflow's UI and its plugins, starts on a free
+loopback port with the demo's environment and our plugins folder. Nothing here needs a scheduler, DAG processor or
+triggerer, so none is started. An anonymous request to the page is refused; a logged-in operator sees the demo
+contracts and the latest delivery (from the ledger) on the page in the navigation and on the DAG run's tab.
+Screenshots are saved under test-artifacts/ui/ (git-ignored). Every process started here is stopped afterwards.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from audit.ledger import Ledger
 from demo.runner import airflow_environment
 from tests.conftest import REPO
+from tests.e2e.demo_state import DemoState, copy_state, demo_env
 from tests.ui import servers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CLI = str(Path(sys.executable).parent / "contract-extracts")
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 USER, PASSWORD = "admin", "admin-ui-test"
 
 
-def _clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONTRACT_EXTRACTS"))}
-    env.update(CONTRACT_EXTRACTS_HOME=str(home), CONTRACT_EXTRACTS_REPO=str(REPO))
-    return env
-
-
 @pytest.fixture(scope="module")
-def airflow_ui(tmp_path_factory: pytest.TempPathFactory):
+def airflow_ui(demo_state: DemoState, tmp_path_factory: pytest.TempPathFactory):
     started = time.monotonic()
     root = tmp_path_factory.mktemp("ui")
-    home = root / "state"
-    demo = subprocess.run([CLI, "demo", "--people", "1500"], env=_clean_env(home), capture_output=True, text=True,
-                          timeout=300, check=False, cwd=REPO)
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    home = copy_state(demo_state.home, root / "state")
 
     port = servers.free_port()
     base = f"http://127.0.0.1:{port}"
@@ -52,19 +41,18 @@ def airflow_ui(tmp_path_factory: pytest.TempPathFactory):
     keys = {"master": home / "keys" / "master.key", "signing": home / "keys" / "sender-signing.key"}
     env = airflow_environment(home=home, dags_dir=REPO / "dags", config_dir=home / "demo" / "configs", keys=keys,
                               connections={"demo_claims": f"sqlite:///{home / 'demo' / 'claims.sqlite'}"},
-                              base=_clean_env(home))
+                              base=demo_env(home))
     env.update({
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": base,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base}/execution/",
+        "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
     })
-    log = root / "standalone.log"
-    proc = servers.start(["airflow", "standalone"], env, log)
+    log = root / "api-server.log"
+    proc = servers.start(["airflow", "api-server"], env, log)
     try:
         servers.wait_http(f"{base}/api/v2/monitor/health", timeout=90, procs=[proc], log=log)
         with Ledger(f"sqlite:///{home / 'ledger.sqlite'}") as ledger:
@@ -87,7 +75,7 @@ def test_anonymous_request_to_the_page_is_refused(airflow_ui) -> None:
 
 
 def test_operator_sees_contracts_and_the_latest_delivery_in_the_airflow_ui(airflow_ui) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 - deferred: a browser library, for this test alone
 
     base, latest = airflow_ui["base"], airflow_ui["latest"]
     details = latest.details_obj()

@@ -8,15 +8,17 @@ import logging
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from validation import leakage
-from validation.gate import NOT_SOURCE_IDENTIFIER, ColumnRule, DatasetRules, validate_parquet
 from validation.leakage import IdentifierSample, leak_canonical
-from validation.release import DeliveryRules, validate_delivery
+from validation.model import NOT_SOURCE_IDENTIFIER, ColumnRule, DatasetRules, DeliveryRules
+from validation.release_gate import validate_delivery
+from validation.staged_file import validate_parquet
 
 SECRET = "AB123456C"
 IDENTIFIERS = [f"AB{100000 + i}C" for i in range(50)] + [" ab 12 34 56 c ", "7", "42", "1234567", "12345678", None]
@@ -136,8 +138,6 @@ def test_canonicalisation() -> None:
 
 def _reference_canonical(values: list) -> list:
     """The definition: every RE2 white space character removed, Unicode upper case."""
-    import pyarrow.compute as pc
-
     text = pa.array(values, pa.string())
     return pc.utf8_upper(pc.replace_substring_regex(text, pattern=leakage._WHITESPACE, replacement="")).to_pylist()
 

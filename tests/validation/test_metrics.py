@@ -9,6 +9,7 @@ metric must raise too.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 import uuid
@@ -21,10 +22,23 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from validation import gate, leakage
-from validation.gate import PSEUDONYM_REGEX, ColumnRule, DatasetRules, Domain
+from validation import leakage
+from validation.gx_adapter import GxRunner, build_expectation, import_gx, to_pandas
 from validation.leakage import IdentifierSample
 from validation.metrics import Counts, column_metric, python_regex_to_re2
+from validation.model import (
+    MULTIPLES_OF,
+    NOT_SOURCE_IDENTIFIER,
+    PSEUDONYM_LENGTH,
+    PSEUDONYM_REGEX,
+    VALUE_LENGTHS_EQUAL,
+    VALUES_MATCH_REGEX,
+    VALUES_NOT_NULL,
+    ColumnRule,
+    DatasetRules,
+    Domain,
+)
+from validation.staged_file import domain_spec, suite_specs
 
 # The regex domains rules.py produces, plus the pseudonym format.
 RULE_REGEXES = {
@@ -56,8 +70,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:This pattern is interpreted as a
 
 @pytest.fixture(scope="module")
 def gx_runner() -> tuple[Any, Any]:
-    gx = gate._import_gx()
-    return gx, gate._GxRunner(gx)
+    return import_gx(), GxRunner()
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +81,6 @@ def token() -> str:
 
 
 def pseudonym(i: int) -> str:
-    import hashlib
-
     return hashlib.md5(str(i).encode(), usedforsecurity=False).hexdigest()
 
 
@@ -80,20 +91,20 @@ def expectations_for(gx: Any, *, column: str = "v", regex: str | None = None, ps
                      token: str | None = None) -> list[Any]:
     """GX expectations on ``column``, built the way the gate builds them."""
     rule = ColumnRule(column, pseudonym=pseudonym_rule, not_null=not_null, leak=leak)
-    out = [gate._expectation(gx, kind, kwargs)
-           for kind, kwargs in gate.suite_specs(DatasetRules("d", (rule,)), leak_token=token)
+    out = [build_expectation(kind, kwargs)
+           for kind, kwargs in suite_specs(DatasetRules("d", (rule,)), leak_token=token)
            if kwargs.get("column") == column]
     if length and not pseudonym_rule:
-        out.append(gx.expectations.ExpectColumnValueLengthsToEqual(column=column, value=gate.PSEUDONYM_LENGTH))
+        out.append(gx.expectations.ExpectColumnValueLengthsToEqual(column=column, value=PSEUDONYM_LENGTH))
     if regex is not None:  # built directly: a Domain refuses the empty regex
         out.append(gx.expectations.ExpectColumnValuesToMatchRegex(column=column, regex=regex))
     if between is not None:
-        out.append(gate._expectation(gx, *gate._domain_spec(column, Domain("between", min_value=between[0],
-                                                               max_value=between[1]))))
+        out.append(build_expectation(*domain_spec(column, Domain("between", min_value=between[0],
+                                                                 max_value=between[1]))))
     if in_set is not None:
-        out.append(gate._expectation(gx, *gate._domain_spec(column, Domain("in_set", values=in_set))))
+        out.append(build_expectation(*domain_spec(column, Domain("in_set", values=in_set))))
     if multiple_of is not None:
-        out.append(gate._expectation(gx, *gate._domain_spec(column, Domain("multiple_of", base=multiple_of))))
+        out.append(build_expectation(*domain_spec(column, Domain("multiple_of", base=multiple_of))))
     return out
 
 
@@ -107,7 +118,7 @@ def assert_parity(gx_runner: tuple[Any, Any], array: pa.Array, expectations: lis
     suite = gx.ExpectationSuite(name=f"parity-{uuid.uuid4().hex}", expectations=expectations)
     keys = [(e.expectation_type, e.column) for e in expectations]
     assert len(set(keys)) == len(keys), "GX results are keyed by (kind, column)"
-    found = runner.validate(gate._to_pandas(pa.table({"v": array, "w": array})), suite)
+    found = runner.validate(to_pandas(pa.table({"v": array, "w": array})), suite)
     out = {}
     for expectation in expectations:
         kind = expectation.expectation_type
@@ -170,8 +181,8 @@ def test_a_pseudonym_with_a_trailing_newline_passes_the_regex_and_fails_the_leng
     gx, _ = gx_runner
     array = pa.array([pseudonym(1) + "\n", pseudonym(2)])
     counts = assert_parity(gx_runner, array, expectations_for(gx, pseudonym_rule=True))
-    assert counts[gate.VALUES_MATCH_REGEX].unexpected == 0  # Python's "$": before a final newline
-    assert counts[gate.VALUE_LENGTHS_EQUAL].unexpected == 1
+    assert counts[VALUES_MATCH_REGEX].unexpected == 0  # Python's "$": before a final newline
+    assert counts[VALUE_LENGTHS_EQUAL].unexpected == 1
 
 
 @pytest.mark.parametrize("name", [*RULE_REGEXES, *EXTRA_REGEXES])
@@ -228,7 +239,7 @@ def test_number_expectations_match_gx(gx_runner, token, case: str) -> None:
     array = pa.array(values, arrow_type, from_pandas=False)
     # Leak check on numbers: either rendering (pandas' astype(str) or Arrow's) counts, so at least GX's.
     expectations = expectations_for(gx, token=token, leak="substring", **options)
-    assert_parity(gx_runner, array, expectations, at_least=frozenset({gate.NOT_SOURCE_IDENTIFIER}))
+    assert_parity(gx_runner, array, expectations, at_least=frozenset({NOT_SOURCE_IDENTIFIER}))
 
 
 def test_numbers_rendered_as_identifiers_are_found_in_either_rendering(gx_runner, token) -> None:
@@ -237,8 +248,8 @@ def test_numbers_rendered_as_identifiers_are_found_in_either_rendering(gx_runner
     # equal to an identifier, so the vectorised leak check finds more than GX here, never less.
     array = pa.array([12345678, None], pa.int64())
     counts = assert_parity(gx_runner, array, expectations_for(gx, token=token, leak="exact"),
-                           at_least=frozenset({gate.NOT_SOURCE_IDENTIFIER}))
-    assert counts[gate.NOT_SOURCE_IDENTIFIER].unexpected == 1
+                           at_least=frozenset({NOT_SOURCE_IDENTIFIER}))
+    assert counts[NOT_SOURCE_IDENTIFIER].unexpected == 1
 
 
 def test_dates_and_timestamps(gx_runner, token) -> None:
@@ -248,7 +259,7 @@ def test_dates_and_timestamps(gx_runner, token) -> None:
     # pandas reads the int64 minimum of a timestamp as NaT, i.e. null
     stamps = pa.array([-(2**63), 0, None, 10**15], pa.timestamp("us"))
     counts = assert_parity(gx_runner, stamps, expectations_for(gx, not_null=True))
-    assert counts[gate.VALUES_NOT_NULL].unexpected == 2
+    assert counts[VALUES_NOT_NULL].unexpected == 2
     # between on a date (float bounds) makes GX raise: not vectorised, GX decides (and errors)
     [between] = expectations_for(gx, between=(1850, None))
     assert column_metric(between.expectation_type, dict(between.configuration.kwargs), pa.date32()) is None
@@ -261,7 +272,7 @@ def test_dates_and_timestamps(gx_runner, token) -> None:
 def test_types_without_an_exact_vectorised_metric_are_left_to_gx(gx_runner, arrow_type: pa.DataType) -> None:
     gx, _ = gx_runner
     for expectation in expectations_for(gx, between=(0, 1), multiple_of=5, regex="a", in_set=("a",)):
-        if expectation.expectation_type != gate.VALUES_NOT_NULL:
+        if expectation.expectation_type != VALUES_NOT_NULL:
             kwargs = dict(expectation.configuration.kwargs)
             assert column_metric(expectation.expectation_type, kwargs, arrow_type) is None, expectation
 
@@ -377,32 +388,6 @@ def test_translated_regexes_agree_with_python_re(pattern: str, values: list) -> 
 
 
 def test_multiples_of_never_reads_a_nan_as_a_value() -> None:
-    metric = column_metric(gate.MULTIPLES_OF, {"column": "v", "base": 5.0}, pa.float64())
+    metric = column_metric(MULTIPLES_OF, {"column": "v", "base": 5.0}, pa.float64())
     assert metric(pa.array([float("nan"), 10.0, 11.0])) == Counts(nulls=1, unexpected=1)
 
-
-few_strings = st.one_of(st.none(), st.sampled_from(["a", "A", "", " ", "é", "a\n", pseudonym(1), pseudonym(2)]))
-few_floats = st.one_of(st.none(), st.sampled_from([0.0, -0.0, float("nan"), 1.5, float("inf"), 1e300, 2.0**53]))
-
-
-@HYPOTHESIS
-@given(column=st.one_of(st.lists(few_strings, min_size=1, max_size=30).map(lambda v: pa.array(v, pa.string())),
-                        st.lists(few_floats, min_size=1, max_size=30).map(lambda v: pa.array(v, pa.float64())),
-                        st.lists(st.one_of(st.none(), st.integers(-3, 3)), min_size=1, max_size=30)
-                        .map(lambda v: pa.array(v, pa.int64()))),
-       spilled=st.booleans())
-def test_uniqueness_matches_gx(gx_runner, tmp_path_factory, column: pa.Array, spilled: bool) -> None:
-    gx, runner = gx_runner
-    expectation = gx.expectations.ExpectColumnValuesToBeUnique(column="v")
-    suite = gx.ExpectationSuite(name=f"unique-{uuid.uuid4().hex}", expectations=[expectation])
-    expected = runner.validate(gate._to_pandas(pa.table({"v": column})), suite)[(gate.VALUES_UNIQUE, "v")]
-    folder = tmp_path_factory.mktemp("spill")
-    with gate._DuplicateCounter(len(column), folder) as counter:
-        if spilled:
-            counter.parts = 4  # split by hash into spill files, as beyond _PARTITION_ROWS
-        cut = len(column) // 2
-        counter.add(column.slice(0, cut))
-        counter.add(column.slice(cut))
-        nulls, duplicated = counter.result()
-    assert (duplicated, nulls) == (expected.unexpected, expected.missing)
-    assert not list(folder.iterdir())

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from contracts import load_contract
+from contracts.column_treatments import Generalise, Keep, Round, TopCode
 from contracts.disclosure import Disclosure
-from contracts.treatments import Generalise, Keep, Round, TopCode
-from validation.gate import Domain
+from validation.model import Domain
 from validation.rules import delivery_rules, source_unique_columns, treatment_domains
 
 REPO = Path(__file__).resolve().parents[2]
