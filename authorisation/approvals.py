@@ -30,8 +30,6 @@ function for the gate and for ``status``.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.ledger import Ledger, LedgerRecord
-from authorisation import approver_keys
 from authorisation.catalogue_approvals import assess_catalogue, catalogue_refusal, pinned_classes
 from authorisation.content import (
     changed_keys,
@@ -48,28 +45,35 @@ from authorisation.content import (
     describe_recipient_changes,
     recipient_digests,
 )
-from authorisation.registry import (
-    IAM_ROLE,
-    NAME_PATTERN,
-    ROLES,
-    Registry,
-    RegistryState,
-    registry_history,
-    sync_registry,
+from authorisation.registry import IAM_ROLE, ROLES, Registry, RegistryState, registry_history
+from authorisation.signed_records import (
+    SignedApprovalView,
+    StatementForm,
+    invalid_approvals,
+    judge_record,
+    now,
+    read_statement,
+    record_approval,
+    registered_approver,
+    withdrawn_approvals,
 )
-from authorisation.signed_records import CLOCK_SKEW, normalise_time, now, signature_problem
 from contracts.base import CONTRACT_ID
 from contracts.catalogue import Catalogue, catalogue_problems, contract_tables, loosened
 from contracts.loading import content_hash
 from contracts.model import Contract
-from core.errors import AuthorisationError, KeyMaterialError, VerificationError
+from core.errors import AuthorisationError
 
 APPROVED = "contract_approved"
 REVOKED = "approval_revoked"
 STATEMENT_HEADER_V1 = "contract-extracts approval v1"
 STATEMENT_HEADER = "contract-extracts approval v2"
-_FIELDS_V1 = ("contract", "content-sha256", "approver", "role", "signed-at")
-_FIELDS = ("contract", "content-sha256", "catalogue-sha256", "approver", "role", "signed-at")
+_FORM = StatementForm(header=STATEMENT_HEADER,
+                      fields=("contract", "content-sha256", "catalogue-sha256", "approver", "role", "signed-at"),
+                      subject_pattern=CONTRACT_ID, kind="approval statement",
+                      make_with="contract-extracts approve … --print-statement",
+                      allowed="contract id, 64 hex digits, registered approver name, known role")
+_FORM_V1 = dataclasses.replace(_FORM, header=STATEMENT_HEADER_V1,
+                               fields=("contract", "content-sha256", "approver", "role", "signed-at"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,11 +92,9 @@ class Statement:
 
     def text(self) -> str:
         if self.catalogue_sha256 is None:
-            return (f"{STATEMENT_HEADER_V1}\ncontract: {self.contract}\ncontent-sha256: {self.content_sha256}\n"
-                    f"approver: {self.approver}\nrole: {self.role}\nsigned-at: {self.signed_at}\n")
-        return (f"{STATEMENT_HEADER}\ncontract: {self.contract}\ncontent-sha256: {self.content_sha256}\n"
-                f"catalogue-sha256: {self.catalogue_sha256}\napprover: {self.approver}\nrole: {self.role}\n"
-                f"signed-at: {self.signed_at}\n")
+            return _FORM_V1.render((self.contract, self.content_sha256, self.approver, self.role, self.signed_at))
+        return _FORM.render((self.contract, self.content_sha256, self.catalogue_sha256, self.approver, self.role,
+                             self.signed_at))
 
     def message(self) -> bytes:
         return self.text().encode("utf-8")
@@ -100,36 +102,9 @@ class Statement:
     @classmethod
     def parse(cls, text: str) -> Statement:
         """Read a statement file; it must be exactly what ``text()`` renders (what was signed)."""
-        lines = text.split("\n")
-        fields = _FIELDS if lines and lines[0] == STATEMENT_HEADER else _FIELDS_V1
-        header = STATEMENT_HEADER if fields is _FIELDS else STATEMENT_HEADER_V1
-        if len(lines) != len(fields) + 2 or lines[0] != header or lines[-1] != "":
-            raise VerificationError(f"not an approval statement (expected {len(_FIELDS) + 1} lines starting with "
-                                    f"{STATEMENT_HEADER!r}). Fix: make it with 'contract-extracts approve … "
-                                    "--print-statement'")
-        values = {}
-        for line, name in zip(lines[1:-1], fields, strict=True):
-            prefix = f"{name}: "
-            if not line.startswith(prefix):
-                raise VerificationError(f"approval statement: expected the line '{name}: …'")
-            values[name] = line[len(prefix):]
-        statement = cls(contract=values["contract"], content_sha256=values["content-sha256"],
-                        approver=values["approver"], role=values["role"], signed_at=values["signed-at"],
-                        catalogue_sha256=values.get("catalogue-sha256"))
-        try:
-            if normalise_time(statement.signed_at) != statement.signed_at:
-                raise ValueError
-        except ValueError:
-            raise VerificationError("approval statement: signed-at must be an ISO 8601 UTC time like "
-                                    "2026-11-25T09:12:03.123456+00:00") from None
-        hashes = [statement.content_sha256] + ([statement.catalogue_sha256] if statement.catalogue_sha256 else [])
-        if (not re.fullmatch(CONTRACT_ID, statement.contract) or not NAME_PATTERN.match(statement.approver)
-                or statement.role not in ROLES or not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes)):
-            raise VerificationError("approval statement: a field has a value that is not allowed (contract id, "
-                                    "64 hex digits, registered approver name, known role)")
-        if statement.text() != text:
-            raise VerificationError("approval statement is not in its canonical form")
-        return statement
+        values = read_statement(text, [_FORM, _FORM_V1])
+        return cls(contract=values["contract"], content_sha256=values["content-sha256"], approver=values["approver"],
+                   role=values["role"], signed_at=values["signed-at"], catalogue_sha256=values.get("catalogue-sha256"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,21 +112,11 @@ class Statement:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ApprovalView:
+@dataclass(frozen=True, kw_only=True)
+class ApprovalView(SignedApprovalView):
     """One ``contract_approved`` record, judged against the current contract and registry."""
 
-    seq: int
-    at: str
     actor: str
-    approver: str
-    role: str
-    content_sha256: str
-    fingerprint: str
-    note: str | None
-    signature_ok: bool  # registered key, right role, signature verifies, not withdrawn
-    problem: str | None  # why it does not count (None when it counts or only the content differs)
-    current: bool  # approves the contract's current content
     changes: tuple[str, ...] = ()  # what changed since (when not current)
     recipients_changed: str | None = None
     parts: dict[str, str] = field(default_factory=dict, repr=False)
@@ -161,9 +126,6 @@ class ApprovalView:
     @property
     def counts(self) -> bool:
         return self.signature_ok and self.current and self.catalogue_problem is None
-
-    def summary(self) -> dict[str, Any]:
-        return {"seq": self.seq, "approver": self.approver, "role": self.role, "fingerprint": self.fingerprint}
 
 
 @dataclass(frozen=True)
@@ -246,22 +208,19 @@ def assess_records(contract: Contract, registry: Registry, records: list[LedgerR
 def _view(record: LedgerRecord, contract_id: str, digest: str, parts: dict[str, str],
           recipients: dict[str, str], registry: Registry, history: list[RegistryState],
           revocations: list[LedgerRecord]) -> ApprovalView:
-    try:
-        d = record.details_obj()
+    def statement_of(d: dict[str, Any]) -> Statement:
         pin = d.get("catalogue")
-        statement = Statement(contract=contract_id, content_sha256=str(d["content_sha256"]),
-                              approver=str(d["approver"]), role=str(d["role"]), signed_at=str(d["signed_at"]),
-                              catalogue_sha256=str(pin["sha256"]) if isinstance(pin, dict) else None)
-        signature, fingerprint = str(d["signature"]), str(d["fingerprint"])
-        recorded_parts, recorded_recipients = d.get("parts"), d.get("recipients")
-        approved_parts: dict[str, str] = recorded_parts if isinstance(recorded_parts, dict) else {}
-        approved_recipients: dict[str, str] = recorded_recipients if isinstance(recorded_recipients, dict) else {}
-        note = d.get("note") if isinstance(d.get("note"), str) else None
-    except (KeyError, TypeError, ValueError):
-        return ApprovalView(seq=record.seq, at=record.at, actor=record.actor, approver="?", role="?",
-                            content_sha256="?", fingerprint="?", note=None, signature_ok=False,
-                            problem="the approval record is malformed", current=False)
-    problem = signature_problem(record, statement, signature, fingerprint, registry, history, revocations)
+        return Statement(contract=contract_id, content_sha256=str(d["content_sha256"]), approver=str(d["approver"]),
+                         role=str(d["role"]), signed_at=str(d["signed_at"]),
+                         catalogue_sha256=str(pin["sha256"]) if isinstance(pin, dict) else None)
+
+    recorded = judge_record(record, statement_of, registry, history, revocations)
+    if recorded is None:
+        return ApprovalView.malformed(record, actor=record.actor)
+    statement, d = recorded.statement, recorded.details
+    recorded_parts, recorded_recipients = d.get("parts"), d.get("recipients")
+    approved_parts: dict[str, str] = recorded_parts if isinstance(recorded_parts, dict) else {}
+    approved_recipients: dict[str, str] = recorded_recipients if isinstance(recorded_recipients, dict) else {}
     current = statement.content_sha256 == digest
     changes: tuple[str, ...] = ()
     recipients_changed = None
@@ -270,9 +229,10 @@ def _view(record: LedgerRecord, contract_id: str, digest: str, parts: dict[str, 
         if "recipients" in changed_keys(approved_parts, parts):
             recipients_changed = describe_recipient_changes(approved_recipients, recipients)
     return ApprovalView(seq=record.seq, at=record.at, actor=record.actor, approver=statement.approver,
-                        role=statement.role, content_sha256=statement.content_sha256, fingerprint=fingerprint,
-                        note=note, signature_ok=problem is None, problem=problem, current=current,
-                        changes=changes, recipients_changed=recipients_changed, parts=approved_parts,
+                        role=statement.role, content_sha256=statement.content_sha256,
+                        fingerprint=recorded.fingerprint, note=recorded.note, signature_ok=recorded.problem is None,
+                        problem=recorded.problem, current=current, changes=changes,
+                        recipients_changed=recipients_changed, parts=approved_parts,
                         catalogue_sha256=statement.catalogue_sha256)
 
 
@@ -297,9 +257,8 @@ def refusal(contract: Contract, assessment: Assessment) -> str | None:
                         f"({latest.recipients_changed}); the content needs a new approval. {fix}")
             return (f"contract {c} changed since approval #{latest.seq} by {latest.approver}: "
                     f"{'; '.join(latest.changes)}. Every change needs a new approval. {fix}")
-        invalid = [v for v in assessment.approvals if not v.signature_ok]
-        if invalid:
-            problems = "; ".join(f"#{v.seq} by {v.approver}: {v.problem}" for v in invalid[:5])
+        problems = invalid_approvals(assessment.approvals)
+        if problems:
             return f"contract {c} has no valid approval for its current content (sha256 {short}…): {problems}. {fix}"
         return f"contract {c} has no approval for its current content (sha256 {short}…). {fix}"
     if contract.unmasked:
@@ -323,13 +282,7 @@ def make_statement(contract: Contract, registry: Registry, approver: str, role: 
                    signed_at: str | None = None, *, catalogue: Catalogue) -> Statement:
     """The statement ``approver`` signs for ``contract``'s current content against ``catalogue`` (checks name,
     role, and that the contract passes its catalogue: a contract that breaks it cannot be approved)."""
-    entry = registry.get(approver)
-    if entry is None:
-        known = ", ".join(a.name for a in registry.approvers) or "none"
-        raise AuthorisationError(f"{approver!r} is not in the approver registry {registry.path} (registered: {known}). "
-                                 "Fix: register the approver's public key there first (the change is recorded)")
-    if role != entry.role:
-        raise AuthorisationError(f"{approver} is registered as {entry.role}, not {role}. Fix: use --role {entry.role}")
+    registered_approver(registry, approver, role)
     problems = catalogue_problems(contract, catalogue)
     if problems:
         listed = "; ".join(f"{p.key}: {p.message}" for p in problems[:5])
@@ -355,58 +308,32 @@ def approve(*, contract: Contract, catalogue: Catalogue, registry: Registry, led
     if catalogue_reason is not None:
         raise AuthorisationError(f"contract {contract.contract} cannot be approved against an unapproved catalogue: "
                                  f"{catalogue_reason}")
-    entry = registry.get(approver)
-    assert entry is not None
-    if private_key is not None:
-        offered = approver_keys.ApproverKey(private_key.public_key())
-        if offered != entry.key:
-            raise KeyMaterialError(f"this private key ({offered.fingerprint}) is not {approver}'s registered key "
-                                   f"({entry.fingerprint})")
-        statement = expected
-        signature = approver_keys.sign(private_key, statement.message())
-    elif statement is None or signature is None:
-        raise AuthorisationError("an approval needs a private key, or a statement and its signature")
-    else:
-        if (statement.contract, statement.approver, statement.role) != (expected.contract, approver, role):
-            raise AuthorisationError("the statement names another contract, approver or role than this command")
-        if statement.content_sha256 != expected.content_sha256:
-            raise AuthorisationError(f"the statement approves content sha256 {statement.content_sha256[:12]}…, but "
-                                     f"{contract.contract} now has {expected.content_sha256[:12]}…: the contract "
-                                     "changed after the statement was made. Fix: review it and sign a new statement")
-        if statement.catalogue_sha256 != expected.catalogue_sha256:
-            pinned = ("no source catalogue" if statement.catalogue_sha256 is None
-                      else f"catalogue content sha256 {statement.catalogue_sha256[:12]}…")
-            raise AuthorisationError(f"the statement pins {pinned}, but catalogue {catalogue.source} now has "
-                                     f"{catalogue.content_sha256[:12]}…. Fix: make and sign a new statement "
-                                     "(--print-statement)")
-        if dt.datetime.fromisoformat(statement.signed_at) > dt.datetime.now(dt.UTC) + CLOCK_SKEW:
-            raise AuthorisationError("the statement is dated in the future. Fix: make a new one")
-    try:
-        approver_keys.verify(signature, statement.message(), entry.key)
-    except VerificationError as exc:
-        raise AuthorisationError(f"approval signature refused: {exc}") from None
-    for record in ledger.records(contract=contract.contract, action=REVOKED):
-        who = record.details_obj().get("approver")
-        if who in (None, approver) and statement.signed_at <= record.at:
-            raise AuthorisationError(f"the statement was signed before approvals were withdrawn (record "
-                                     f"#{record.seq}); it would not count. Fix: sign a new statement")
-    sync_registry(ledger, registry, actor)
-    return ledger.append(actor=actor, action=APPROVED, contract=contract.contract, delivery=None, details={
-        "approver": approver,
-        "role": role,
-        "content_sha256": statement.content_sha256,
-        "signed_at": statement.signed_at,
-        "fingerprint": entry.fingerprint,
-        "namespace": approver_keys.APPROVAL_NAMESPACE,
-        "signature": signature,
-        "registry_sha256": registry.sha256,
-        "parts": content_parts(contract),
-        "recipients": recipient_digests(contract),
-        "unmasked": [f"{u.dataset}.{u.column}" for u in contract.unmasked],
-        "catalogue": {"source": catalogue.source, "sha256": catalogue.content_sha256},
-        "note": note,
-        "contract_file": str(contract_file) if contract_file else None,
-    })
+
+    def mismatch(given: Statement) -> str | None:
+        if (given.contract, given.approver, given.role) != (expected.contract, approver, role):
+            return "the statement names another contract, approver or role than this command"
+        if given.content_sha256 != expected.content_sha256:
+            return (f"the statement approves content sha256 {given.content_sha256[:12]}…, but {contract.contract} "
+                    f"now has {expected.content_sha256[:12]}…: the contract changed after the statement was made. "
+                    "Fix: review it and sign a new statement")
+        if given.catalogue_sha256 != expected.catalogue_sha256:
+            pinned = ("no source catalogue" if given.catalogue_sha256 is None
+                      else f"catalogue content sha256 {given.catalogue_sha256[:12]}…")
+            return (f"the statement pins {pinned}, but catalogue {catalogue.source} now has "
+                    f"{catalogue.content_sha256[:12]}…. Fix: make and sign a new statement (--print-statement)")
+        return None
+
+    return record_approval(
+        ledger, registry, expected, action=APPROVED, contract=contract.contract, actor=actor, private_key=private_key,
+        statement=statement, signature=signature, mismatch=mismatch,
+        revocations=ledger.records(contract=contract.contract, action=REVOKED), details={
+            "parts": content_parts(contract),
+            "recipients": recipient_digests(contract),
+            "unmasked": [f"{u.dataset}.{u.column}" for u in contract.unmasked],
+            "catalogue": {"source": catalogue.source, "sha256": catalogue.content_sha256},
+            "note": note,
+            "contract_file": str(contract_file) if contract_file else None,
+        })
 
 
 def revoke(*, contract: Contract | None, contract_id: str, ledger: Ledger, actor: str, approver: str | None = None,
@@ -415,7 +342,6 @@ def revoke(*, contract: Contract | None, contract_id: str, ledger: Ledger, actor
     authority away."""
     withdrawn: list[int] = []
     if contract is not None and registry is not None:
-        withdrawn = [v.seq for v in assess(contract, registry, ledger).approvals
-                     if v.signature_ok and approver in (None, v.approver)]
+        withdrawn = withdrawn_approvals(assess(contract, registry, ledger).approvals, approver)
     return ledger.append(actor=actor, action=REVOKED, contract=contract_id, delivery=None, details={
         "approver": approver, "reason": reason, "withdrawn": withdrawn})

@@ -24,8 +24,6 @@ A catalogue counts for runs when its current content has an approval that verifi
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,25 +31,29 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit.ledger import Ledger, LedgerRecord
-from authorisation import approver_keys
-from authorisation.registry import (
-    IAM_ROLE,
-    NAME_PATTERN,
-    ROLES,
-    Registry,
-    RegistryState,
-    registry_history,
-    sync_registry,
+from authorisation.registry import IAM_ROLE, ROLES, Registry, RegistryState, registry_history
+from authorisation.signed_records import (
+    SignedApprovalView,
+    StatementForm,
+    invalid_approvals,
+    judge_record,
+    now,
+    read_statement,
+    record_approval,
+    registered_approver,
+    withdrawn_approvals,
 )
-from authorisation.signed_records import CLOCK_SKEW, normalise_time, now, signature_problem
 from contracts.base import CONN_ID
 from contracts.catalogue import Catalogue, canonical_sha256
-from core.errors import AuthorisationError, KeyMaterialError, VerificationError
+from core.errors import AuthorisationError
 
 CATALOGUE_APPROVED = "catalogue_approved"
 CATALOGUE_REVOKED = "catalogue_approval_revoked"
 STATEMENT_HEADER = "contract-extracts catalogue approval v1"
-_FIELDS = ("catalogue", "content-sha256", "approver", "role", "signed-at")
+FORM = StatementForm(header=STATEMENT_HEADER,
+                     fields=("catalogue", "content-sha256", "approver", "role", "signed-at"),
+                     subject_pattern=CONN_ID, kind="catalogue approval statement",
+                     make_with="contract-extracts approve CATALOGUE.yaml … --print-statement")
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,7 @@ class CatalogueStatement:
     signed_at: str
 
     def text(self) -> str:
-        return (f"{STATEMENT_HEADER}\ncatalogue: {self.source}\ncontent-sha256: {self.content_sha256}\n"
-                f"approver: {self.approver}\nrole: {self.role}\nsigned-at: {self.signed_at}\n")
+        return FORM.render((self.source, self.content_sha256, self.approver, self.role, self.signed_at))
 
     def message(self) -> bytes:
         return self.text().encode("utf-8")
@@ -72,54 +73,18 @@ class CatalogueStatement:
     @classmethod
     def parse(cls, text: str) -> CatalogueStatement:
         """Read a statement file; it must be exactly what ``text()`` renders (what was signed)."""
-        lines = text.split("\n")
-        if len(lines) != len(_FIELDS) + 2 or lines[0] != STATEMENT_HEADER or lines[-1] != "":
-            raise VerificationError(f"not a catalogue approval statement (expected {len(_FIELDS) + 1} lines "
-                                    f"starting with {STATEMENT_HEADER!r}). Fix: make it with 'contract-extracts "
-                                    "approve CATALOGUE.yaml … --print-statement'")
-        values = {}
-        for line, name in zip(lines[1:-1], _FIELDS, strict=True):
-            prefix = f"{name}: "
-            if not line.startswith(prefix):
-                raise VerificationError(f"catalogue approval statement: expected the line '{name}: …'")
-            values[name] = line[len(prefix):]
-        statement = cls(source=values["catalogue"], content_sha256=values["content-sha256"],
-                        approver=values["approver"], role=values["role"], signed_at=values["signed-at"])
-        try:
-            if normalise_time(statement.signed_at) != statement.signed_at:
-                raise ValueError
-        except ValueError:
-            raise VerificationError("catalogue approval statement: signed-at must be an ISO 8601 UTC time like "
-                                    "2026-11-25T09:12:03.123456+00:00") from None
-        if (not re.fullmatch(CONN_ID, statement.source) or not NAME_PATTERN.match(statement.approver)
-                or statement.role not in ROLES or not re.fullmatch(r"[0-9a-f]{64}", statement.content_sha256)):
-            raise VerificationError("catalogue approval statement: a field has a value that is not allowed")
-        if statement.text() != text:
-            raise VerificationError("catalogue approval statement is not in its canonical form")
-        return statement
+        values = read_statement(text, [FORM])
+        return cls(source=values["catalogue"], content_sha256=values["content-sha256"],
+                   approver=values["approver"], role=values["role"], signed_at=values["signed-at"])
 
 
-@dataclass(frozen=True)
-class CatalogueApprovalView:
+@dataclass(frozen=True, kw_only=True)
+class CatalogueApprovalView(SignedApprovalView):
     """One ``catalogue_approved`` record, judged against the current catalogue and registry."""
-
-    seq: int
-    at: str
-    approver: str
-    role: str
-    content_sha256: str
-    fingerprint: str
-    signature_ok: bool
-    problem: str | None
-    current: bool
-    note: str | None = None
 
     @property
     def counts(self) -> bool:
         return self.signature_ok and self.current
-
-    def summary(self) -> dict[str, Any]:
-        return {"seq": self.seq, "approver": self.approver, "role": self.role, "fingerprint": self.fingerprint}
 
 
 @dataclass(frozen=True)
@@ -159,26 +124,22 @@ def assess_catalogue(catalogue: Catalogue, registry: Registry, ledger: Ledger) -
 
 def _view(record: LedgerRecord, catalogue: Catalogue, digest: str, registry: Registry, history: list[RegistryState],
           revocations: list[LedgerRecord]) -> CatalogueApprovalView:
-    try:
-        d = record.details_obj()
-        statement = CatalogueStatement(source=catalogue.source, content_sha256=str(d["content_sha256"]),
-                                       approver=str(d["approver"]), role=str(d["role"]),
-                                       signed_at=str(d["signed_at"]))
-        signature, fingerprint = str(d["signature"]), str(d["fingerprint"])
-        note = d.get("note") if isinstance(d.get("note"), str) else None
-    except (KeyError, TypeError, ValueError):
-        return CatalogueApprovalView(seq=record.seq, at=record.at, approver="?", role="?", content_sha256="?",
-                                     fingerprint="?", signature_ok=False, problem="the approval record is malformed",
-                                     current=False)
-    problem = signature_problem(record, statement, signature, fingerprint, registry, history, revocations)
+    def statement_of(d: dict[str, Any]) -> CatalogueStatement:
+        return CatalogueStatement(source=catalogue.source, content_sha256=str(d["content_sha256"]),
+                                  approver=str(d["approver"]), role=str(d["role"]), signed_at=str(d["signed_at"]))
+
+    recorded = judge_record(record, statement_of, registry, history, revocations)
+    if recorded is None:
+        return CatalogueApprovalView.malformed(record)
+    statement, problem = recorded.statement, recorded.problem
     if problem is None and statement.approver != catalogue.owner:
         problem = f"{statement.approver} is not the catalogue's owner ({catalogue.owner})"
     if problem is None and statement.role != IAM_ROLE:
         problem = f"a catalogue is approved by its owner as {ROLES[IAM_ROLE]}, not as {statement.role}"
     return CatalogueApprovalView(seq=record.seq, at=record.at, approver=statement.approver, role=statement.role,
-                                 content_sha256=statement.content_sha256, fingerprint=fingerprint,
+                                 content_sha256=statement.content_sha256, fingerprint=recorded.fingerprint,
                                  signature_ok=problem is None, problem=problem,
-                                 current=statement.content_sha256 == digest, note=note)
+                                 current=statement.content_sha256 == digest, note=recorded.note)
 
 
 def catalogue_refusal(catalogue: Catalogue, assessment: CatalogueAssessment) -> str | None:
@@ -192,9 +153,8 @@ def catalogue_refusal(catalogue: Catalogue, assessment: CatalogueAssessment) -> 
     if stale:
         return (f"the source catalogue {source} changed since approval #{stale[0].seq} by {stale[0].approver} (now "
                 f"sha256 {short}…); every catalogue change needs its owner's approval. {fix}")
-    invalid = [v for v in assessment.approvals if not v.signature_ok]
-    if invalid:
-        problems = "; ".join(f"#{v.seq} by {v.approver}: {v.problem}" for v in invalid[:5])
+    problems = invalid_approvals(assessment.approvals)
+    if problems:
         return f"the source catalogue {source} has no valid approval of its current content: {problems}. {fix}"
     return f"the source catalogue {source} has no approval of its current content (sha256 {short}…). {fix}"
 
@@ -202,13 +162,7 @@ def catalogue_refusal(catalogue: Catalogue, assessment: CatalogueAssessment) -> 
 def make_catalogue_statement(catalogue: Catalogue, registry: Registry, approver: str, role: str,
                              signed_at: str | None = None) -> CatalogueStatement:
     """The statement ``approver`` signs for the catalogue's current content (checks owner, name and role)."""
-    entry = registry.get(approver)
-    if entry is None:
-        known = ", ".join(a.name for a in registry.approvers) or "none"
-        raise AuthorisationError(f"{approver!r} is not in the approver registry {registry.path} (registered: {known}). "
-                                 "Fix: register the approver's public key there first (the change is recorded)")
-    if role != entry.role:
-        raise AuthorisationError(f"{approver} is registered as {entry.role}, not {role}. Fix: use --role {entry.role}")
+    entry = registered_approver(registry, approver, role)
     if approver != catalogue.owner:
         raise AuthorisationError(f"the source catalogue {catalogue.source} is owned by {catalogue.owner}; only its "
                                  f"owner approves it. Fix: {catalogue.owner} approves it, or the catalogue names its "
@@ -226,53 +180,28 @@ def approve_catalogue(*, catalogue: Catalogue, registry: Registry, ledger: Ledge
                       catalogue_file: Path | None = None) -> LedgerRecord:
     """Sign (or take a signature of) the catalogue's statement, check it, and record it in the ledger."""
     expected = make_catalogue_statement(catalogue, registry, approver, role)
-    entry = registry.get(approver)
-    assert entry is not None
-    if private_key is not None:
-        offered = approver_keys.ApproverKey(private_key.public_key())
-        if offered != entry.key:
-            raise KeyMaterialError(f"this private key ({offered.fingerprint}) is not {approver}'s registered key "
-                                   f"({entry.fingerprint})")
-        statement = expected
-        signature = approver_keys.sign(private_key, statement.message())
-    elif statement is None or signature is None:
-        raise AuthorisationError("an approval needs a private key, or a statement and its signature")
-    else:
-        if (statement.source, statement.approver, statement.role) != (catalogue.source, approver, role):
-            raise AuthorisationError("the statement names another catalogue, approver or role than this command")
-        if statement.content_sha256 != expected.content_sha256:
-            raise AuthorisationError(f"the statement approves content sha256 {statement.content_sha256[:12]}…, but the "
-                                     f"catalogue {catalogue.source} now has {expected.content_sha256[:12]}…. Fix: "
-                                     "review it and sign a new statement")
-        if dt.datetime.fromisoformat(statement.signed_at) > dt.datetime.now(dt.UTC) + CLOCK_SKEW:
-            raise AuthorisationError("the statement is dated in the future. Fix: make a new one")
-    try:
-        approver_keys.verify(signature, statement.message(), entry.key)
-    except VerificationError as exc:
-        raise AuthorisationError(f"approval signature refused: {exc}") from None
-    for record in _records(ledger, CATALOGUE_REVOKED, catalogue.source):
-        who = record.details_obj().get("approver")
-        if who in (None, approver) and statement.signed_at <= record.at:
-            raise AuthorisationError(f"the statement was signed before approvals were withdrawn (record "
-                                     f"#{record.seq}); it would not count. Fix: sign a new statement")
-    sync_registry(ledger, registry, actor)
-    return ledger.append(actor=actor, action=CATALOGUE_APPROVED, contract=None, delivery=None, details={
-        "catalogue": catalogue.source,
-        "approver": approver,
-        "role": role,
-        "content_sha256": statement.content_sha256,
-        "signed_at": statement.signed_at,
-        "fingerprint": entry.fingerprint,
-        "namespace": approver_keys.APPROVAL_NAMESPACE,
-        "signature": signature,
-        "registry_sha256": registry.sha256,
-        "owner": catalogue.owner,
-        # The whole approved content (no data values: names, classes, descriptions): contract approvals pin its
-        # hash, and the gate compares the classes pinned with today's (pinned_classes re-checks the hash).
-        "content": catalogue.canonical(),
-        "note": note,
-        "catalogue_file": str(catalogue_file) if catalogue_file else None,
-    })
+
+    def mismatch(given: CatalogueStatement) -> str | None:
+        if (given.source, given.approver, given.role) != (catalogue.source, approver, role):
+            return "the statement names another catalogue, approver or role than this command"
+        if given.content_sha256 != expected.content_sha256:
+            return (f"the statement approves content sha256 {given.content_sha256[:12]}…, but the catalogue "
+                    f"{catalogue.source} now has {expected.content_sha256[:12]}…. Fix: review it and sign a new "
+                    "statement")
+        return None
+
+    return record_approval(
+        ledger, registry, expected, action=CATALOGUE_APPROVED, contract=None, actor=actor, private_key=private_key,
+        statement=statement, signature=signature, mismatch=mismatch,
+        revocations=_records(ledger, CATALOGUE_REVOKED, catalogue.source), details={
+            "catalogue": catalogue.source,
+            "owner": catalogue.owner,
+            # The whole approved content (no data values: names, classes, descriptions): contract approvals pin
+            # its hash, and the gate compares the classes pinned with today's (pinned_classes re-checks the hash).
+            "content": catalogue.canonical(),
+            "note": note,
+            "catalogue_file": str(catalogue_file) if catalogue_file else None,
+        })
 
 
 def revoke_catalogue(*, source: str, ledger: Ledger, actor: str, approver: str | None = None,
@@ -282,8 +211,7 @@ def revoke_catalogue(*, source: str, ledger: Ledger, actor: str, approver: str |
     that source is refused until the owner approves it again."""
     withdrawn: list[int] = []
     if catalogue is not None and registry is not None:
-        withdrawn = [v.seq for v in assess_catalogue(catalogue, registry, ledger).approvals
-                     if v.signature_ok and approver in (None, v.approver)]
+        withdrawn = withdrawn_approvals(assess_catalogue(catalogue, registry, ledger).approvals, approver)
     return ledger.append(actor=actor, action=CATALOGUE_REVOKED, contract=None, delivery=None, details={
         "catalogue": source, "approver": approver, "reason": reason, "withdrawn": withdrawn})
 

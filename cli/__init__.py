@@ -16,7 +16,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 
-from cli import approvals, audit, check, delivery, keys
+from cli import approvals, audit, check, delivery, keys, progress
 from cli.arguments import actor, contract_path
 from core.connections import env_connection_url
 from core.errors import ContractExtractsError
@@ -34,8 +34,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                      run_key=f"cli/{uuid.uuid4()}", run_after=dt.datetime.now(dt.UTC),
                      resolve_connection=env_connection_url, trigger={"system": "cli"})
     pipeline = Pipeline(ctx)
-    print(f"delivery {pipeline.delivery_id} of {path.stem}")
-    result = pipeline.run_all()
+    print(f"delivery {pipeline.delivery_id} of {path.stem}", flush=True)
+    with progress.shown_on(sys.stderr):  # a bar per dataset on a terminal, plain lines otherwise
+        result = pipeline.run_all()
     print(f"delivered {result['package']['package']} sha256 {result['package']['sha256']}")
     return 0
 

@@ -19,10 +19,13 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audit.ledger import LedgerRecord
 from audit.opening import open_ledger
 from authorisation import approver_keys
 from authorisation.approvals import Statement, approve, assess, make_statement, refusal, revoke
@@ -42,6 +45,8 @@ from contracts.loading import load_contract, read_yaml_file
 from contracts.model import Contract
 from core.errors import AuthorisationError, ConfigError
 from core.settings import load_settings
+
+Approved = TypeVar("Approved", Contract, Catalogue)
 
 
 def _registry() -> Registry:
@@ -128,42 +133,44 @@ def _revoke(args: argparse.Namespace) -> int:
     if catalogue_file is not None:
         return _revoke_catalogue(args, catalogue_file)
     path = contract_path(args.contract)
-    contract: Contract | None = None
-    registry: Registry | None = None
-    try:
-        contract = load_contract(path)
-        registry = _registry()
-    except ConfigError:
-        pass  # withdrawing needs neither a valid file nor a registry: it only takes authority away
+    contract, registry = _withdrawal_inputs(load_contract, path)
     contract_id = contract.contract if contract else path.stem
     with open_ledger() as ledger:
         record = revoke(contract=contract, contract_id=contract_id, ledger=ledger, actor=actor(),
                         approver=args.by, reason=args.reason, registry=registry)
-    withdrawn = record.details_obj()["withdrawn"]
-    whose = f"{args.by}'s approvals" if args.by else "all approvals"
-    print(f"withdrew {whose} of {contract_id} (records {', '.join(f'#{s}' for s in withdrawn) or 'none counted'}): "
-          f"ledger record #{record.seq}. Runs need a new approval")
+    print(f"{_withdrawal(args, record, contract_id)} Runs need a new approval")
     return 0
 
 
 def _revoke_catalogue(args: argparse.Namespace, path: Path) -> int:
-    catalogue: Catalogue | None = None
-    registry: Registry | None = None
-    try:
-        catalogue = load_catalogue(path)
-        registry = _registry()
-    except ConfigError:
-        pass  # withdrawing needs neither a valid file nor a registry: it only takes authority away
+    catalogue, registry = _withdrawal_inputs(load_catalogue, path)
     source = catalogue.source if catalogue else path.stem
     with open_ledger() as ledger:
         record = revoke_catalogue(source=source, ledger=ledger, actor=actor(), approver=args.by, reason=args.reason,
                                   catalogue=catalogue, registry=registry)
-    withdrawn = record.details_obj()["withdrawn"]
-    whose = f"{args.by}'s approvals" if args.by else "all approvals"
-    records = ", ".join(f"#{s}" for s in withdrawn) or "none counted"
-    print(f"withdrew {whose} of source catalogue {source} (records {records}): ledger record #{record.seq}. "
-          f"No contract reading {source} runs until its owner approves the catalogue again")
+    print(f"{_withdrawal(args, record, f'source catalogue {source}')} No contract reading {source} runs until its "
+          "owner approves the catalogue again")
     return 0
+
+
+def _withdrawal_inputs(load: Callable[[Path], Approved], path: Path) -> tuple[Approved | None, Registry | None]:
+    """The file's contract or catalogue and the registry (the registry only with the file), None when unusable:
+    withdrawing needs neither a valid file nor a registry, as it only takes authority away."""
+    try:
+        loaded = load(path)
+    except ConfigError:
+        return None, None
+    try:
+        return loaded, _registry()
+    except ConfigError:
+        return loaded, None
+
+
+def _withdrawal(args: argparse.Namespace, record: LedgerRecord, subject: str) -> str:
+    """What the withdrawal ``record`` took back: "withdrew all approvals of C-1 (records #3, #5): ledger record #9."."""
+    whose = f"{args.by}'s approvals" if args.by else "all approvals"
+    records = ", ".join(f"#{seq}" for seq in record.details_obj()["withdrawn"]) or "none counted"
+    return f"withdrew {whose} of {subject} (records {records}): ledger record #{record.seq}."
 
 
 def _catalogue_status(args: argparse.Namespace, path: Path) -> int:

@@ -32,7 +32,7 @@ from contracts.catalogue import catalogue_problems as contract_catalogue_problem
 from contracts.loading import contract_file_problems, discover_contract_files, read_yaml_file
 from contracts.model import Contract
 from core.connections import env_connection_url
-from core.errors import ConfigError, ContractError, ContractExtractsError
+from core.errors import ConfigError, ContractError, ContractExtractsError, value_free
 from core.settings import load_settings
 from extract.sources import create_source_engine
 from masking.source_check import source_problems
@@ -135,11 +135,17 @@ def run_check(args: argparse.Namespace) -> int:
         return 1
     failed = 0
     for path in files:
-        if _is_catalogue(path):
-            problems, summary = _check_catalogue_file(path)
-            notes: list[str] = []
-        else:
-            problems, summary, notes = _check_contract_file(path, args)
+        notes: list[str] = []
+        try:
+            if _is_catalogue(path):
+                problems, summary = _check_catalogue_file(path)
+            else:
+                problems, summary, notes = _check_contract_file(path, args)
+        except ContractExtractsError as exc:
+            problems, summary = [str(exc)], ""
+        except Exception as exc:  # a defect must not print a traceback nor stop the other files' checks
+            problems, summary = [str(ConfigError(f"could not be checked ({value_free(exc)})", file=str(path),
+                                                 fix="report this problem; the other files are checked"))], ""
         if problems:
             failed += 1
             print(f"FAIL  {path}  ({len(problems)} problem(s))", file=sys.stderr)

@@ -133,20 +133,20 @@ def _acknowledge(args: argparse.Namespace, result: VerifiedPackage) -> None:
               "sender, who records them with: contract-extracts audit acknowledge " + out.name)
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
+def _check_report_acknowledge(args: argparse.Namespace, verb: str) -> int:
     result = _check(args, args.out)
-    _report(result, verb="verified")
+    _report(result, verb=verb)
     if args.acknowledge:
         _acknowledge(args, result)
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    return _check_report_acknowledge(args, "verified")
 
 
 def _cmd_decrypt(args: argparse.Namespace) -> int:
-    result = _check(args, args.out)
-    _report(result, verb="decrypted")
-    if args.acknowledge:
-        _acknowledge(args, result)
-    return 0
+    return _check_report_acknowledge(args, "decrypted")
 
 
 def _cmd_sender_key(args: argparse.Namespace) -> int:

@@ -18,15 +18,82 @@ from contracts.model import DEFER_CHECKS, Contract
 from core.errors import ConfigError, ContractError
 
 MAX_CONTRACT_BYTES = 1 << 20
+# A contract nests a handful of levels (datasets → columns → options); the cap keeps PyYAML's scanner (quadratic
+# in flow nesting) and its recursive composer (RecursionError) far from harm, whatever a file holds.
+MAX_NESTING = 32
+
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_NUMBER_TAGS = {"tag:yaml.org,2002:int": "a whole number", "tag:yaml.org,2002:float": "a number"}
+
+
+class _TooDeep(yaml.YAMLError):
+    """Raised by the scanner itself, as soon as a collection opens beyond ``MAX_NESTING`` levels."""
+
+    def __init__(self, mark: yaml.Mark | None) -> None:
+        super().__init__(f"nested more than {MAX_NESTING} levels deep")
+        self.mark = mark
+
+
+class _ValueProblem(Exception):
+    """A scalar that PyYAML recognises (a date, a number) but cannot build: where it is and what is wrong."""
+
+    def __init__(self, node: yaml.Node, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.node, self.message, self.fix = node, message, fix
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (YAML would silently keep the last one)."""
+    """SafeLoader with bounded nesting, no duplicate keys, and every construction failure tied to its node.
+
+    The nesting bound is enforced by the scanner while it reads (flow ``[``/``{`` levels and block
+    indentation levels), so a hostile file costs at most ``MAX_NESTING`` levels of work before it is refused.
+    """
+
+    _root: yaml.Node | None = None
+
+    def fetch_flow_collection_start(self, TokenClass: type[yaml.Token]) -> None:
+        if self.flow_level >= MAX_NESTING:
+            raise _TooDeep(self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        added: bool = super().add_indent(column)
+        if len(self.indents) > MAX_NESTING:
+            raise _TooDeep(self.get_mark())
+        return added
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._root = node
+        return super().construct_document(node)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, _ValueProblem):
+            raise
+        except (ValueError, OverflowError) as exc:
+            if node.tag == _TIMESTAMP_TAG:
+                # Python's own words ("month must be in 1..12", "day is out of range for month") hold no data.
+                reason = str(exc) if isinstance(exc, ValueError) and str(exc)[:40].isascii() else "out of range"
+                raise _ValueProblem(node, f"{node.value!s:.40} is not a real calendar date ({reason})",
+                                    "write a date that exists as YYYY-MM-DD, e.g. 2026-12-01") from None
+            what = _NUMBER_TAGS.get(node.tag, "a value of its YAML type")
+            raise _ValueProblem(node, f"the value is not {what}",
+                                "correct the value, or quote it to make it text") from None
+        except (TypeError, AttributeError) as exc:
+            # e.g. a list as a mapping key, !!set or !!map on a scalar, !!timestamp on text
+            raise _ValueProblem(node, f"the value cannot be read as its YAML type ({type(exc).__name__})",
+                                "write plain keys, values, lists and mappings, without YAML tags (!!…)") from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        if not isinstance(node, yaml.MappingNode):  # !!map on a scalar or a list
+            raise _ValueProblem(node, "a mapping was expected here", "write key: value lines")
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable) or isinstance(key, list | dict):
+                raise _ValueProblem(key_node, "a key must be a plain name, not a list or a mapping",
+                                    "write the key as a plain name")
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -34,36 +101,88 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _path_to(root: yaml.Node | None, target: yaml.Node) -> str | None:
+    """The dotted key path (``valid.from``, ``datasets[0].columns``) of ``target`` below ``root``, if found."""
+    if root is None:
+        return None
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:  # nesting is bounded by MAX_NESTING, but walk iteratively anyway
+        node, path = stack.pop()
+        if node is target:
+            return path or None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                if key_node is target:
+                    return f"{path}.{name}" if path else str(name)
+                stack.append((value_node, f"{path}.{name}" if path else str(name)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node.value))
+    return None
+
+
+def _where(mark: yaml.Mark | None) -> str | None:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else None
+
+
 def parse_yaml(text: str, file: str) -> Any:
-    """Parse YAML safely: no anchors/aliases (no expansion bombs), no duplicate keys."""
+    """Parse YAML safely: bounded nesting, no anchors/aliases (no expansion bombs), no duplicate keys.
+
+    Every failure, of any kind, is a ``ContractError`` naming the file, the place (key path or line) and the
+    fix; nothing from PyYAML or Python escapes as a traceback.
+    """
+    loader: _StrictLoader | None = None
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_StrictLoader):
             if isinstance(event, yaml.AliasEvent):
                 mark = event.start_mark
                 raise ContractError("YAML aliases (*name) are not allowed in configuration files",
                                     file=file, key=f"line {mark.line + 1}" if mark is not None else None,
                                     fix="write the value out in full")
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader derives from SafeLoader
+        loader = _StrictLoader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _TooDeep as exc:
+        raise ContractError(f"the YAML is nested more than {MAX_NESTING} levels deep", file=file,
+                            key=_where(exc.mark),
+                            fix="a contract nests a few levels (datasets, columns, options): remove the extra "
+                                "brackets or indentation") from None
+    except _ValueProblem as exc:
+        path = _path_to(loader._root if loader is not None else None, exc.node)
+        at = _where(exc.node.start_mark)
+        raise ContractError(exc.message, file=file, key=f"{path} ({at})" if path and at else (path or at),
+                            fix=exc.fix) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem_mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ContractError(f"YAML syntax error: {problem}", file=file, key=where,
+        context = getattr(exc, "context", None)
+        if context and isinstance(exc, yaml.composer.ComposerError):  # "expected a single document …, but found …"
+            problem = f"{context}, {problem}"
+        raise ContractError(f"YAML syntax error: {problem}", file=file, key=_where(problem_mark),
                             fix="correct the YAML at that position") from None
+    except (RecursionError, MemoryError) as exc:  # not expected within the bounds; never a traceback
+        raise ContractError(f"the YAML cannot be read ({type(exc).__name__})", file=file,
+                            fix="simplify the file: a contract is a short, shallow YAML mapping") from None
 
 
 def read_yaml_file(path: Path, *, kind: str, error: type[ConfigError] = ContractError) -> Any:
     """Read a short configuration file (at most 1 MiB of UTF-8) and parse it with ``parse_yaml``.
 
+    The size is checked before anything is read into memory (and at most 1 MiB + 1 byte is ever read).
     ``kind`` names the file for the fix ("a contract", "a registry"); errors are ``error``s naming the file.
     """
     file = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as handle:
+            if path.stat().st_size > MAX_CONTRACT_BYTES:
+                raise error("file is larger than 1 MiB", file=file, fix=f"{kind} is a short YAML file")
+            raw = handle.read(MAX_CONTRACT_BYTES + 1)
     except OSError as exc:
-        raise error(f"cannot read the file ({exc.strerror})", file=file,
+        raise error(f"cannot read the file ({exc.strerror or type(exc).__name__})", file=file,
                     fix="check the path and permissions") from None
-    if len(raw) > MAX_CONTRACT_BYTES:
+    if len(raw) > MAX_CONTRACT_BYTES:  # not a regular file (a pipe, a device) that kept giving bytes
         raise error("file is larger than 1 MiB", file=file, fix=f"{kind} is a short YAML file")
     try:
         text = raw.decode("utf-8")

@@ -32,16 +32,17 @@ from core.errors import DataError
 from core.streams import Drain, prefetched
 from extract.partitioning import snapshot_connection
 from extract.population import population_clauses
+from extract.row_estimate import estimated_rows
 from extract.sources import DatasetQuery, plan_query, reflect_table, stream_batches
 from masking.column_plans import ColumnPlan, filter_rows, mask_batch, output_schema, plan_contract
 from masking.hashing import HashPool
 from masking.keys import ContractKeys
+from masking.progress import RowProgress
 from masking.row_order import KeyedOrderWriter
 from masking.sampling import SampleDraw, SampleResult, keep_mask, ranks
 
 log = logging.getLogger(__name__)
 
-REPORT_EVERY = 500_000
 
 
 @dataclass
@@ -122,10 +123,13 @@ def draw_sample(engine: sa.Engine, contract: Contract, planned: list[PlannedData
         if item.population_clause is not None:
             query = replace(query, statement=query.statement.where(item.population_clause))
         rows = 0
+        progress = RowProgress(item.name, phase="sample", estimate=_estimate(engine, item.table, query))
         for batch in source_batches(engine, query, batch_rows, snapshot=snapshot, connection=connection):
             _, batch_ranks = _ranks(batch, item, keys, entity, pool)
             draw.add(batch_ranks)
             rows += batch.num_rows
+            progress.add(batch.num_rows)
+        progress.finish()
         item.population_rows = rows
     result = draw.finish()
     log.info("sample of %s: %d of %d drawn", entity, result.sample_size, result.population)
@@ -135,13 +139,17 @@ def draw_sample(engine: sa.Engine, contract: Contract, planned: list[PlannedData
 def masked_batches(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, *, batch_rows: int,
                    sample: SampleResult | None, entity: str | None, pool: HashPool | None = None,
                    snapshot: str | None = None, where: sa.ColumnElement[bool] | None = None,
-                   consistent: bool = False, connection: sa.Connection | None = None) -> Iterator[pa.RecordBatch]:
+                   consistent: bool = False, connection: sa.Connection | None = None,
+                   progress: RowProgress | None = None) -> Iterator[pa.RecordBatch]:
+    """Masked batches of one dataset; ``progress`` counts the rows read from the source (before sampling)."""
     if sample is not None and entity is None:
         raise ValueError("a sampled dataset needs the sample's entity")
     # The source runs ahead in its own thread while this one masks (hashing waits on worker processes).
     for batch in prefetched(source_batches(engine, item.query, batch_rows, snapshot=snapshot, where=where,
                                            consistent=consistent, connection=connection),
                             name=f"extract {item.name}"):
+        if progress is not None:
+            progress.add(batch.num_rows)
         if sample is not None and entity is not None:  # entity is set whenever sample is (checked above)
             valid, batch_ranks = _ranks(batch, item, keys, entity, pool)
             batch = filter_rows(batch, valid, keep_mask(batch_ranks, sample.limit))
@@ -178,19 +186,19 @@ def write_masked(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, pa
     (``contracts.catalogue.statistics_columns``); True: all, False: none.
     """
     rows = 0
-    next_report = REPORT_EVERY
     schema = output_schema(item.plans)
+    # Share done and ETA only where the source's estimate counts what this pass reads: the whole table.
+    progress = RowProgress(item.name, estimate=None if where is not None else _estimate(engine, item.table,
+                                                                                         item.query))
     batches = masked_batches(engine, item, keys, batch_rows=batch_rows, sample=sample, entity=entity, pool=pool,
-                             snapshot=snapshot, where=where, consistent=consistent, connection=connection)
+                             snapshot=snapshot, where=where, consistent=consistent, connection=connection,
+                             progress=progress)
     if keyed_order:
         with KeyedOrderWriter(path, schema, order_key=keys.order, dataset=item.name, spill_dir=order_spill_dir(path),
                               parquet_options={"write_statistics": write_statistics}) as ordered:
             for masked in batches:
                 ordered.write(masked)
                 rows += masked.num_rows
-                if rows >= next_report:
-                    log.info("dataset %s: %d rows extracted and masked", item.name, rows)
-                    next_report += REPORT_EVERY
     else:
         with pq.ParquetWriter(path, schema, compression="zstd", write_statistics=write_statistics) as writer:
             drain = Drain(writer.write_batch, name=f"write {item.name}")  # compression overlaps the masking
@@ -199,16 +207,19 @@ def write_masked(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, pa
                     if masked.num_rows:
                         drain.put(masked)
                     rows += masked.num_rows
-                    if rows >= next_report:
-                        log.info("dataset %s: %d rows extracted and masked", item.name, rows)
-                        next_report += REPORT_EVERY
             finally:
                 drain.close()
             if rows == 0:
                 writer.write_table(pa.Table.from_batches([], schema=schema))
-    log.info("dataset %s: %d rows extracted and masked in total", item.name, rows)
+    read = progress.finish()
+    log.info("dataset %s: %d rows extracted and masked in total (%d read from the source)", item.name, rows, read.rows)
     item.rows = rows
     return rows
+
+
+def _estimate(engine: sa.Engine, table: sa.Table, query: DatasetQuery) -> int | None:
+    """The source's row estimate of ``table`` when ``query`` reads all of it (no filter, window or population)."""
+    return estimated_rows(engine, table) if query.statement.whereclause is None else None
 
 
 def order_spill_dir(path: Path) -> Path:

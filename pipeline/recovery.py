@@ -420,7 +420,12 @@ def sweep_staging(ledger: Ledger, *, staging_root: Path, actor: str, keep: Itera
 def _dead_reason(folder: Path, group: DeliveryRecords | None, now: dt.datetime, idle: dt.timedelta) -> str | None:
     """Why nobody will come back for this staging folder (its lock is free), or None if someone may."""
     if group is not None and group.terminal is not None:
-        return f"the run ended ({group.terminal.action}) but its staging folder was left behind"
+        # An Airflow run still needs its staging after ``delivered``: its record task reads it (between tasks
+        # nobody holds the lock), so it has ended only with ``run_completed``, or else by the idle rule below.
+        still_recording = (group.mode == "task" and group.terminal.action == DELIVERED
+                           and "run_completed" not in group.actions())
+        if not still_recording:
+            return f"the run ended ({group.terminal.action}) but its staging folder was left behind"
     if group is None and not (folder / OWNER_FILE).exists():
         # Nothing recorded and nobody named: a run may be creating it this very moment; give it time.
         with contextlib.suppress(OSError):

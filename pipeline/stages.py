@@ -279,20 +279,12 @@ class Pipeline:
     @fail_closed("authorise")
     def authorise(self) -> dict[str, Any]:
         """Record the run, then refuse unless the contract is valid, approved and its keys are available."""
-        contract_file = str(self.ctx.contract_path)
         # Own the staging folder before the run is recorded, so reconciliation never mistakes it for dead;
         # then settle earlier runs that died (intents, abandoned runs, leftover staging).
         self._own_staging(create=True)
         self._recover()
-        try:
-            contract = load_contract(self.ctx.contract_path)
-        except ContractExtractsError:
-            self._append("run_started", {"contract_file": contract_file, "contract_hash": None,
-                                         "trigger": self.ctx.trigger})
-            raise
+        contract = self._record_start()
         digest = content_hash(contract)
-        self._append("run_started", {"contract_file": contract_file, "contract_hash": digest,
-                                     "contractor": contract.contractor, "trigger": self.ctx.trigger})
         authorisation = self._check_authorised(contract)
         resolve_master_key(self.ctx.key_source, contract.key_id)  # the pinned or current key is available
         load_signing_key()
@@ -301,6 +293,33 @@ class Pipeline:
         self._append("authorised", authorisation.details())
         log.info("authorised contract %s, delivery %s", contract.contract, self.delivery_id)
         return handoffs.authorised_xcom(contract.contract, self.delivery_id, digest)
+
+    def _record_start(self) -> Contract:
+        """The ``run_started`` record (contract file, content hash, trigger); a contract that does not load too."""
+        contract_file = str(self.ctx.contract_path)
+        try:
+            contract = load_contract(self.ctx.contract_path)
+        except ContractExtractsError:
+            self._append("run_started", {"contract_file": contract_file, "contract_hash": None,
+                                         "trigger": self.ctx.trigger})
+            raise
+        self._append("run_started", {"contract_file": contract_file, "contract_hash": content_hash(contract),
+                                     "contractor": contract.contractor, "trigger": self.ctx.trigger})
+        return contract
+
+    @fail_closed("authorise")
+    def refuse(self, reason: str) -> dict[str, Any]:
+        """Record this run and refuse it before anything is read (``blocked``), e.g. for invalid trigger params."""
+        self._record_start()
+        raise AuthorisationError(reason)
+
+    @fail_closed("authorise")
+    def skip(self, reason: str) -> dict[str, Any]:
+        """Record this run as ``skipped``: by design it reads and delivers nothing (e.g. a late scheduled run)."""
+        contract = self._record_start()
+        self._append("skipped", {"reason": reason})
+        log.warning("contract %s, delivery %s: nothing is delivered: %s", contract.contract, self.delivery_id, reason)
+        return {"contract": contract.contract, "delivery": self.delivery_id, "skipped": reason}
 
     def _check_authorised(self, contract: Contract) -> Authorisation:
         today = self.ctx.today or dt.datetime.now(dt.UTC).date()

@@ -11,7 +11,11 @@ The report goes to the run's private folder for operators, outside the staging f
 removed after every run) and never into the package:
 ``$CONTRACT_EXTRACTS_HOME/reports/<contract>/<delivery>/`` (folders 0700, files 0600), with an
 ``index.html`` linking one page per dataset, plus ``validation.json`` and ``disclosure.json``.
-The pages load GX's stylesheets and scripts from public CDNs when opened; they carry no data.
+
+Every page is self-contained: GX's page template is replaced by ``report_templates/page.j2`` (an inline
+stylesheet, no CDN CSS or scripts, no logo, no links to GX's site), any external reference that remains is
+removed (``self_contained``), and a Content-Security-Policy meta tag forbids the browser to fetch anything, so
+the report looks the same offline and opening it makes no request. The Airflow UI links it from the run's tab.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.errors import value_free
+from jinja2 import ChoiceLoader, FileSystemLoader
+
+from core.errors import ConfigError, value_free
 from core.paths import make_private_dir, safe_segment
 from validation.gx_adapter import import_gx
 from validation.model import ExpectationOutcome, ValidationSummary
@@ -33,6 +39,35 @@ if TYPE_CHECKING:
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
 
 log = logging.getLogger(__name__)
+
+REPORT_INDEX = "index.html"
+_TEMPLATES = Path(__file__).with_name("report_templates")
+# What the browser may do with a report page: show it with its inline styles, nothing else.
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
+_SCRIPT = re.compile(r"<script\b.*?</script\s*>", re.IGNORECASE | re.DOTALL)
+_LINK_TAG = re.compile(r"<link\b[^>]*>", re.IGNORECASE)
+_EXTERNAL_IMG = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']?(?:https?:)?//[^>]*>", re.IGNORECASE)
+# Links to other sites, and GX's links up out of the report folder (to suites and pages that do not exist).
+_EXTERNAL_HREF = re.compile(r"\bhref\s*=\s*([\"'])(?:(?:https?:)?//|\.\./)[^\"']*\1", re.IGNORECASE)
+_EXTERNAL_URL = re.compile(r"url\(\s*[\"']?(?:https?:)?//[^)]*\)", re.IGNORECASE)
+
+
+def self_contained(page: str) -> str:
+    """``page`` without scripts, stylesheet links, external images, links or CSS URLs (defence behind page.j2)."""
+    page = _SCRIPT.sub("", page)
+    page = _LINK_TAG.sub("", page)
+    page = _EXTERNAL_IMG.sub("", page)
+    page = _EXTERNAL_HREF.sub("", page)
+    return _EXTERNAL_URL.sub("none", page)
+
+
+def existing_report(home: Path, contract: str, delivery: str) -> Path | None:
+    """The report folder of a delivery when it holds a report index page (never creates anything)."""
+    try:
+        folder = home / "reports" / safe_segment(contract, "contract id") / safe_segment(delivery, "delivery id")
+    except ConfigError:
+        return None
+    return folder if (folder / REPORT_INDEX).is_file() else None
 
 
 def report_dir(home: Path, contract: str, delivery: str) -> Path:
@@ -103,11 +138,14 @@ def render_report(folder: Path, summaries: list[ValidationSummary], *, contract:
 
     renderer = ValidationResultsPageRenderer()
     view = DefaultJinjaPageView()
+    # Our page, sidebar and stylesheet first, GX's templates for everything else (sections, tables, content).
+    gx_templates = view.env.loader
+    view.env.loader = ChoiceLoader([FileSystemLoader(str(_TEMPLATES)), *([gx_templates] if gx_templates else [])])
     links = []
     for summary in summaries:
         name = f"{_page_name(summary.dataset)}.html"
         page: str = view.render(renderer.render(_suite_result(summary, contract, delivery)))  # type: ignore[no-untyped-call]  # GX leaves render() unannotated
-        _write_private(folder / name, page)
+        _write_private(folder / name, self_contained(page))
         links.append((summary, name))
     for file_name, document in (documents or {}).items():
         _write_private(folder / file_name, json.dumps(document, indent=2, sort_keys=True))
@@ -118,15 +156,19 @@ def render_report(folder: Path, summaries: list[ValidationSummary], *, contract:
         "</td></tr>" for s, name in links)
     extra = "".join(f"<li><a href=\"{html.escape(n)}\">{html.escape(n)}</a></li>" for n in (documents or {}))
     index = (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Validation report "
-        f"{html.escape(contract)} {html.escape(delivery)}</title></head><body>"
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{REPORT_CSP}\">"
+        "<meta name=\"referrer\" content=\"no-referrer\"><title>Validation report "
+        f"{html.escape(contract)} {html.escape(delivery)}</title>"
+        f"<style>{(_TEMPLATES / 'offline_report.css').read_text(encoding='utf-8')}</style></head>"
+        "<body><div class=\"report\"><main>"
         f"<h1>Release gate: {html.escape(contract)}, delivery {html.escape(delivery)}</h1>"
         f"<p>Overall: {'passed' if all(s.success for s in summaries) else 'FAILED'}. Counts, column names and "
         "thresholds only: no data values.</p>"
         "<table border=\"1\" cellpadding=\"4\"><tr><th>Dataset</th><th>Result</th><th>Expectations</th>"
         f"<th>Failed</th><th>Failing expectations</th></tr>{rows}</table>"
-        + (f"<h2>Summaries</h2><ul>{extra}</ul>" if extra else "") + "</body></html>")
-    index_path = folder / "index.html"
+        + (f"<h2>Summaries</h2><ul>{extra}</ul>" if extra else "") + "</main></div></body></html>")
+    index_path = folder / REPORT_INDEX
     _write_private(index_path, index)
     return index_path
 

@@ -3,7 +3,12 @@
 Tasks are thin: each one builds a ``RunContext`` from the Airflow run and calls the matching
 ``Pipeline`` stage. Parsing only reads YAML (no database, no network). Our own errors are
 deterministic, so they fail the task without retries (``AirflowFailException``); foreign errors
-(network, database) are retried.
+(network, database) are retried. Before anything is read, ``airflow_glue.run_policy`` decides whether the run
+delivers at all (validated manual params, late or repeated scheduled runs, backfills); docs/operators.md.
+
+One contract file that cannot be loaded or built never hides another: ``contract_dags`` builds every good
+file's DAG and returns one message (file, key, fix) per bad one, which ``dags/contract_file_errors.py`` raises
+as that DAG file's import error and the "Contract deliveries" page lists.
 """
 
 from __future__ import annotations
@@ -17,58 +22,56 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Connection, Param, task, teardown
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from sqlalchemy.engine import URL
 
 from airflow_glue.alerts import failure_callback
+from airflow_glue.run_policy import (
+    REASON_MAX,
+    REFERENCE_MAX,
+    RunFacts,
+    decide,
+    delivered_schedule_time,
+    param_defaults,
+    param_schemas,
+)
 from airflow_glue.secrets import airflow_key_source
 from airflow_glue.transports import airflow_sftp_endpoint
 from audit.opening import LEDGER_CONNECTION_ID
 from contracts.loading import discover_contract_files, load_contract
 from contracts.model import Contract
 from core.connections import sqlalchemy_url
-from core.errors import ConfigError, ContractExtractsError, StageFailed
+from core.errors import ConfigError, ContractExtractsError, StageFailed, value_free
 from core.settings import Settings, load_settings
 from pipeline.stages import Pipeline, RunContext
 
 log = logging.getLogger(__name__)
 
+# Retries wait 2 minutes, then longer; CONTRACT_EXTRACTS_RETRY_DELAY_SECONDS shortens that (tests, small sites).
+RETRY_DELAY_ENV = "CONTRACT_EXTRACTS_RETRY_DELAY_SECONDS"
+
+
+def _retry_delay() -> dt.timedelta:
+    try:
+        seconds = int(os.environ.get(RETRY_DELAY_ENV) or 120)
+    except ValueError:
+        seconds = 120
+    return dt.timedelta(seconds=min(max(seconds, 1), 3600))
+
+
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "contract-extracts",
     "retries": 2,
-    "retry_delay": dt.timedelta(minutes=2),
+    "retry_delay": _retry_delay(),
     "retry_exponential_backoff": True,
 }
 
-# Manual deliveries say what they are for: both go into the run_started ledger record (value-free,
-# length-bounded, validated by JSON schema in the trigger form and again when the run starts).
-REFERENCE_MAX, REASON_MAX = 64, 200
-DELIVERY_PARAMS: dict[str, dict[str, Any]] = {
-    "delivery_reference": {
-        "type": ["null", "string"], "maxLength": REFERENCE_MAX,
-        "pattern": r"^([A-Za-z0-9][A-Za-z0-9._/:-]*)?$",
-        "title": "Delivery reference",
-        "description": "Ticket or request id of this delivery, e.g. REQ-2026-0142 (letters, digits, . _ / : -). "
-                       "Recorded in the audit ledger.",
-    },
-    "reason": {
-        "type": ["null", "string"], "maxLength": REASON_MAX, "pattern": r"^[^\x00-\x1f\x7f]*$",
-        "title": "Reason",
-        "description": f"Why this delivery is made, at most {REASON_MAX} characters. Recorded in the audit ledger: "
-                       "never write personal data here.",
-    },
-    "full_refresh": {
-        "type": "boolean",
-        "title": "Full refresh",
-        "description": "For incremental contracts: send the whole current extract instead of the rows changed "
-                       "since the last delivery (give the reason above). Recorded in the audit ledger.",
-    },
-}
 
-
-def _delivery_params() -> dict[str, Param]:
-    return {name: Param(False if schema.get("type") == "boolean" else None, **dict(schema))
-            for name, schema in DELIVERY_PARAMS.items()}
+def delivery_params(contract: Contract) -> dict[str, Param]:
+    """The trigger form's fields (``run_policy.param_schemas``): required ones have no default."""
+    defaults = param_defaults(contract)
+    return {name: Param(defaults[name], **schema) if name in defaults else Param(**schema)
+            for name, schema in param_schemas(contract).items()}
 
 
 def trigger_params(params: Any) -> dict[str, Any]:
@@ -141,11 +144,17 @@ def _pipeline(contract_path: Path, context: dict[str, Any]) -> Pipeline:
         key_source=airflow_key_source(),  # masks the master keys before the stage logs
         trigger={"system": "airflow", "dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
                  "run_type": run_type, "try_number": try_number,
+                 **({"scheduled_for": _utc_iso(run_after)} if run_type == "scheduled" else {}),
+                 **({"clear_number": int(dag_run.clear_number)} if getattr(dag_run, "clear_number", 0) else {}),
                  **trigger_params(context.get("params")),
                  **({"worker": str(ti.hostname)[:100]} if getattr(ti, "hostname", None) else {})},
         final_attempt=final,
     )
     return Pipeline(ctx)
+
+
+def _utc_iso(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).isoformat()
 
 
 def _call_stage(contract_path: Path, stage: str, context: dict[str, Any], *args: Any) -> dict[str, Any]:
@@ -156,6 +165,44 @@ def _call_stage(contract_path: Path, stage: str, context: dict[str, Any], *args:
     except ContractExtractsError as exc:
         if isinstance(exc, StageFailed):
             raise  # foreign cause: let Airflow retry
+        raise AirflowFailException(str(exc)) from None
+    finally:
+        pipeline.close()
+
+
+def run_facts(context: dict[str, Any]) -> RunFacts:
+    """What ``run_policy.decide`` needs from Airflow's run: its type, conf, schedule time, start and clears."""
+    dag_run = context["dag_run"]
+    raw_run_type = getattr(dag_run, "run_type", "") or ""
+    run_type = str(getattr(raw_run_type, "value", raw_run_type))
+    conf = getattr(dag_run, "conf", None)
+    return RunFacts(run_type=run_type, conf=conf if isinstance(conf, dict) else {},
+                    scheduled_for=getattr(dag_run, "run_after", None) if run_type == "scheduled" else None,
+                    started_at=getattr(dag_run, "start_date", None),
+                    clear_number=int(getattr(dag_run, "clear_number", 0) or 0))
+
+
+def _authorise(contract_path: Path, context: dict[str, Any]) -> dict[str, Any]:
+    """Decide whether this run delivers (``run_policy``), then authorise it; skipped runs skip every task after."""
+    pipeline = _pipeline(contract_path, context)
+    try:
+        try:
+            contract = load_contract(contract_path)
+        except ContractExtractsError:
+            contract = None  # authorise records the run and the reason the file does not load
+        if contract is not None:
+            decision = decide(contract, run_facts(context), delivered_for=lambda when: delivered_schedule_time(
+                pipeline.ledger, contract.contract, when))
+            if decision.action == "refuse":
+                pipeline.refuse(decision.reason)
+            elif decision.action == "skip":
+                pipeline.skip(decision.reason)
+                raise AirflowSkipException(decision.reason)
+        result: dict[str, Any] = pipeline.authorise()
+        return result
+    except ContractExtractsError as exc:
+        if isinstance(exc, StageFailed):
+            raise
         raise AirflowFailException(str(exc)) from None
     finally:
         pipeline.close()
@@ -181,8 +228,13 @@ def render_doc(contract: Contract, contract_path: Path) -> str:
         f"Contract file: `{contract_path.name}`. Deliveries, approvals, blocked runs and the audit ledger: "
         "[Contract deliveries](/plugin/contract-deliveries) in the navigation.",
         "",
-        "Manual deliveries: give a *delivery reference* and a *reason* in the trigger form; both are recorded "
-        "in the audit ledger (never personal data).",
+        "Manual deliveries: give a *delivery reference* and a *reason* in the trigger form (both required, "
+        "recorded in the audit ledger, never personal data)"
+        + ("; *full refresh* sends the whole extract instead of the changes." if contract.incremental else ".")
+        + " Scheduled runs deliver only on time: a run created by unpausing for a past time delivers nothing "
+        "and says so; backfills " + ("deliver the changes since the previous delivery." if contract.incremental
+                                     else "are refused (the contract is not incremental).")
+        + " See docs/operators.md.",
         "",
     ]
     for ds in contract.datasets:
@@ -212,13 +264,14 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
         max_active_runs=1,
         tags=tags,
         default_args={**DEFAULT_ARGS, "on_failure_callback": failure_callback(contract.contract)},
-        params=_delivery_params(),
+        params=delivery_params(contract),
         doc_md=render_doc(contract, contract_path),
+        auto_register=False,  # dags/contract_deliveries.py exposes the DAGs it wants; checks build without effect
     ) as dag:
 
         @task(task_id="authorise", retries=0)
         def authorise(**context: Any) -> dict[str, Any]:
-            return _call_stage(contract_path, "authorise", context)
+            return _authorise(contract_path, context)
 
         @task(task_id="extract")
         def extract(**context: Any) -> dict[str, Any]:
@@ -272,27 +325,46 @@ def build_contract_dag(contract_path: Path, contract: Contract) -> DAG:
     return dag
 
 
-def build_all(contracts_dir: Path) -> dict[str, DAG]:
-    """DAGs for every valid contract file. Broken files are reported by ``broken_contracts``."""
+def contract_dags(contracts_dir: Path) -> tuple[dict[str, DAG], list[str]]:
+    """DAGs of every contract file that loads and builds, and one message (file, key, fix) per file that does not.
+
+    Nothing one file holds can stop another's DAG: every failure, of any kind, is caught per file.
+    """
     dags: dict[str, DAG] = {}
+    files: dict[str, Path] = {}
+    problems: list[str] = []
     for path in discover_contract_files(contracts_dir):
         try:
             contract = load_contract(path)
-        except ContractExtractsError:
-            continue  # reported as an import error by dags/contract_file_errors.py
-        dags[contract.dag_id] = build_contract_dag(path, contract)
-    return dags
+        except ContractExtractsError as exc:
+            problems.append(str(exc))
+            continue
+        except Exception as exc:  # a defect, not the file's fault: still only this file is affected
+            problems.append(str(ConfigError(f"the file could not be loaded ({value_free(exc)})", file=str(path),
+                                            fix="run `contract-extracts check` on it and report the problem")))
+            continue
+        if contract.dag_id in dags:
+            problems.append(str(ConfigError(f"contract {contract.contract} is also defined by {files[contract.dag_id]}",
+                                            file=str(path), key="contract",
+                                            fix="keep one file per contract; remove or rename the other")))
+            continue
+        try:
+            dags[contract.dag_id] = build_contract_dag(path, contract)
+            files[contract.dag_id] = path
+        except Exception as exc:
+            problems.append(str(ConfigError(f"no DAG could be built from it ({value_free(exc)})", file=str(path),
+                                            fix="run `contract-extracts check` on it")))
+    return dags, problems
+
+
+def build_all(contracts_dir: Path) -> dict[str, DAG]:
+    """DAGs for every valid contract file. Broken files are reported by ``broken_contracts``."""
+    return contract_dags(contracts_dir)[0]
 
 
 def broken_contracts(contracts_dir: Path) -> list[str]:
-    """One message per contract file that does not load (file, key, fix)."""
-    problems = []
-    for path in discover_contract_files(contracts_dir):
-        try:
-            load_contract(path)
-        except ContractExtractsError as exc:
-            problems.append(str(exc))
-    return problems
+    """One message per contract file that does not load or build (file, key, fix)."""
+    return contract_dags(contracts_dir)[1]
 
 
 class InvalidContractFiles(Exception):

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from audit.acknowledgements import acknowledged
 from audit.ledger import Ledger, LedgerRecord, VerifyResult
 from audit.opening import load_ledger_key
@@ -29,9 +31,12 @@ from authorisation.approvals import assess, refusal
 from authorisation.catalogue_approvals import assess_catalogue, catalogue_refusal
 from authorisation.registry import load_registry, registry_path
 from contracts.catalogue import load_catalogue_for
+from contracts.column_treatments import Treatment
 from contracts.loading import content_hash, discover_contract_files, load_contract
 from contracts.model import Contract
-from core.errors import ContractExtractsError
+from core.errors import ConfigError, ContractExtractsError, value_free
+from masking.column_plans import ColumnPlan, describe
+from validation.operator_report import REPORT_INDEX, existing_report
 
 EXPIRY_WARNING_DAYS = 30
 RECENT_LIMIT = 25
@@ -85,12 +90,17 @@ class DeliveryRow:
 
 @dataclass(frozen=True)
 class BlockedRow:
+    """A run that ended without a delivery: ``blocked`` (refused, failed) or ``skipped`` (by design)."""
+
     at: str
     contract: str | None
     delivery: str | None
     stage: str
     reason: str
     actor: str
+    dag_id: str | None = None
+    run_id: str | None = None
+    trigger: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class Overview:
     blocked: list[BlockedRow]
     ledger: LedgerStatus
     generated_at: str
+    skipped: list[BlockedRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ class ContractDetail:
     deliveries: list[DeliveryRow]
     blocked: list[BlockedRow]
     ledger: LedgerStatus
+    skipped: list[BlockedRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,7 @@ class RunDetail:
     outcome: Badge
     trigger: dict[str, Any]
     ledger: LedgerStatus
+    report: str | None = None  # the release-gate report's index page, when the run wrote one
 
 
 # ---- contract status ------------------------------------------------------------------------------
@@ -307,10 +320,23 @@ def delivery_row(delivered: LedgerRecord, related: list[LedgerRecord]) -> Delive
     )
 
 
-def blocked_row(record: LedgerRecord) -> BlockedRow:
+def blocked_row(record: LedgerRecord, started: LedgerRecord | None = None) -> BlockedRow:
+    """A ``blocked`` or ``skipped`` record, with the Airflow run (from its ``run_started`` trigger) when known."""
     d = _details(record)
+    trigger = _details(started).get("trigger") if started is not None else None
+    t: dict[str, Any] = trigger if isinstance(trigger, dict) else {}
     return BlockedRow(at=record.at, contract=record.contract, delivery=record.delivery,
-                      stage=_text(d.get("stage")) or "?", reason=_text(d.get("reason")), actor=record.actor)
+                      stage=_text(d.get("stage")) or ("skipped" if record.action == "skipped" else "?"),
+                      reason=_text(d.get("reason")), actor=record.actor,
+                      dag_id=_text(t.get("dag_id")) or None, run_id=_text(t.get("run_id")) or None,
+                      trigger={k: v for k, v in t.items() if isinstance(v, (str, int, float, bool))})
+
+
+def _run_started_of(ledger: Ledger, record: LedgerRecord) -> LedgerRecord | None:
+    if not record.delivery:
+        return None
+    return next((r for r in ledger.records(delivery=record.delivery, action="run_started")
+                 if r.contract == record.contract), None)
 
 
 def deliveries(ledger: Ledger, *, contract: str | None = None, limit: int = RECENT_LIMIT) -> list[DeliveryRow]:
@@ -323,8 +349,11 @@ def deliveries(ledger: Ledger, *, contract: str | None = None, limit: int = RECE
     return out
 
 
-def blocked_runs(ledger: Ledger, *, contract: str | None = None, limit: int = RECENT_LIMIT) -> list[BlockedRow]:
-    return [blocked_row(r) for r in reversed(ledger.records(contract=contract, action="blocked")[-limit:])]
+def blocked_runs(ledger: Ledger, *, contract: str | None = None, limit: int = RECENT_LIMIT,
+                 action: str = "blocked") -> list[BlockedRow]:
+    """The newest ``limit`` runs that ended ``blocked`` (or, with ``action="skipped"``, were skipped)."""
+    return [blocked_row(r, _run_started_of(ledger, r))
+            for r in reversed(ledger.records(contract=contract, action=action)[-limit:])]
 
 
 # ---- the ledger, opened once per process ----------------------------------------------------------
@@ -404,6 +433,10 @@ def load_contracts(contracts_dir: Path) -> tuple[dict[str, tuple[Path, Contract]
         except ContractExtractsError as exc:
             broken.append(str(exc))
             continue
+        except Exception as exc:  # never let one file take the page down
+            broken.append(str(ConfigError(f"the file could not be loaded ({value_free(exc)})", file=str(path),
+                                          fix="run `contract-extracts check` on it")))
+            continue
         good[contract.contract] = (path, contract)
     return good, broken
 
@@ -427,13 +460,17 @@ def build_overview(contracts_dir: Path, ledger_url: str, source: LedgerSource, *
     rows = [contract_row(path, contract, ledger, today) for path, contract in shown.values()]
     recent: list[DeliveryRow] = []
     blocked: list[BlockedRow] = []
+    skipped: list[BlockedRow] = []
     if ledger is not None:
         recent = [d for d in deliveries(ledger, limit=RECENT_LIMIT * 4) if _is_visible(d.contract, contracts, shown)]
         blocked = [b for b in blocked_runs(ledger, limit=RECENT_LIMIT * 4)
                    if _is_visible(b.contract, contracts, shown)]
+        skipped = [b for b in blocked_runs(ledger, limit=RECENT_LIMIT * 4, action="skipped")
+                   if _is_visible(b.contract, contracts, shown)]
     return Overview(contracts=rows, broken_files=broken, deliveries=recent[:RECENT_LIMIT],
                     blocked=blocked[:RECENT_LIMIT], ledger=source.status(ledger_url, ledger),
-                    generated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+                    generated_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    skipped=skipped[:RECENT_LIMIT])
 
 
 def _is_visible(contract_id: str | None, known: dict[str, Any], shown: dict[str, Any]) -> bool:
@@ -455,7 +492,15 @@ def build_contract_detail(contract_id: str, contracts_dir: Path, ledger_url: str
         row=row, approvals=approvals,
         deliveries=deliveries(ledger, contract=contract_id, limit=50) if ledger is not None else [],
         blocked=blocked_runs(ledger, contract=contract_id, limit=50) if ledger is not None else [],
-        ledger=source.status(ledger_url, ledger))
+        ledger=source.status(ledger_url, ledger),
+        skipped=blocked_runs(ledger, contract=contract_id, limit=50, action="skipped") if ledger is not None else [])
+
+
+def treatment_text(name: str, treatment: Treatment, linkage: str) -> str:
+    """What the contract does to a column, in the codebook's words (``masking.column_plans.describe``)."""
+    plan = ColumnPlan(name=name, treatment=treatment, source_type=pa.null(), output_type=pa.null(),
+                      source_not_null=False)
+    return describe(plan, linkage)
 
 
 def contract_for_dag(dag_id: str, contracts_dir: Path) -> str | None:
@@ -463,8 +508,12 @@ def contract_for_dag(dag_id: str, contracts_dir: Path) -> str | None:
     return next((cid for cid, (_p, c) in contracts.items() if c.dag_id == dag_id), None)
 
 
-def build_run_detail(dag_id: str, run_id: str, ledger_url: str, source: LedgerSource) -> RunDetail:
-    """The ledger records of the delivery an Airflow run made (found through its run_started trigger)."""
+def build_run_detail(dag_id: str, run_id: str, ledger_url: str, source: LedgerSource, *,
+                     home: Path | None = None) -> RunDetail:
+    """The ledger records of the delivery an Airflow run made (found through its run_started trigger).
+
+    ``home``: the state folder holding the operator reports (``validation.operator_report``), to link the run's.
+    """
     ledger = source.open(ledger_url)
     status = source.status(ledger_url, ledger)
     empty = RunDetail(dag_id=dag_id, run_id=run_id, contract=None, delivery=None, records=[],
@@ -484,6 +533,8 @@ def build_run_detail(dag_id: str, run_id: str, ledger_url: str, source: LedgerSo
     actions = [r.action for r in records]
     if "blocked" in actions:
         outcome = Badge("blocked", BAD, blocked_row(next(r for r in records if r.action == "blocked")).reason)
+    elif "skipped" in actions:
+        outcome = Badge("skipped", INFO, blocked_row(next(r for r in records if r.action == "skipped")).reason)
     elif "run_completed" in actions:
         outcome = Badge("delivered", OK, "the package was delivered and the run recorded")
     elif "delivered" in actions:
@@ -496,9 +547,10 @@ def build_run_detail(dag_id: str, run_id: str, ledger_url: str, source: LedgerSo
     else:
         outcome = Badge("in progress", INFO, "the run has not finished")
     trigger = _details(started).get("trigger")
+    report = existing_report(home, started.contract or "", started.delivery) if home is not None else None
     return RunDetail(dag_id=dag_id, run_id=run_id, contract=started.contract, delivery=started.delivery,
                      records=records, outcome=outcome, trigger=trigger if isinstance(trigger, dict) else {},
-                     ledger=status)
+                     ledger=status, report=REPORT_INDEX if report is not None else None)
 
 
 def summarise_details(record: LedgerRecord) -> str:
@@ -509,7 +561,7 @@ def summarise_details(record: LedgerRecord) -> str:
         recorded = d.get("trigger")
         t: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         parts = [f"contract hash {str(d.get('contract_hash') or '')[:12]}…"] if d.get("contract_hash") else []
-        for key in ("run_type", "delivery_reference", "reason", "worker"):
+        for key in ("run_type", "scheduled_for", "delivery_reference", "reason", "full_refresh", "worker"):
             if t.get(key):
                 parts.append(f"{key.replace('_', ' ')}: {t[key]}")
         return "; ".join(parts)
@@ -537,6 +589,8 @@ def summarise_details(record: LedgerRecord) -> str:
         return f"about to publish {d.get('package')} (sha256 {str(d.get('sha256', ''))[:12]}…)"
     if a == "delivery_acknowledged":
         return f"acknowledged by {d.get('recipient')} (key {d.get('recipient_key')}), verified {d.get('verified_at')}"
+    if a == "skipped":
+        return f"nothing delivered: {d.get('reason')}"
     if a in ("abandoned", "intent_settled", "staging_swept"):
         return str(d.get("reason") or d.get("outcome") or "")[:300]
     if a == "run_completed":

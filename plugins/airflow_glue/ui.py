@@ -9,7 +9,9 @@ Mounted at ``/contract-deliveries``:
     /                          overview: contracts, recent deliveries, blocked runs, ledger status
     /contracts/{contract}      one contract: attributes, treatments, approvals, deliveries
     /dags/{dag_id}             the contract of a DAG (the plugin's per-DAG tab)
-    /runs/{dag_id}/{run_id}    the ledger records of one DAG run (the plugin's per-run tab)
+    /runs/{dag_id}/{run_id}    the ledger records of one DAG run (the plugin's per-run tab), with its report
+    /reports/{contract}/{delivery}/{file}   the run's release-gate report (validation.operator_report): served
+                               with a policy that lets the browser fetch nothing, as the pages need nothing
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from typing import Any
 from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
 from airflow.api_fastapi.core_api.security import GetUserDep, get_user
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from airflow_glue import overview as ov
 from contracts.base import CONTRACT_ID
+from contracts.model import dag_id_for
 from core.errors import value_free
 from core.settings import load_settings
+from validation.operator_report import REPORT_CSP, existing_report
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,11 @@ _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+# The release-gate report: its pages may not even be framed by anything but the Airflow UI.
+_REPORT_HEADERS = {**_SECURITY_HEADERS, "Content-Security-Policy": REPORT_CSP + "; frame-ancestors 'self'"}
+_REPORT_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(html|json)$")
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
+
 Authorize = Callable[[Any, str], bool]
 
 
@@ -57,6 +66,7 @@ def _environment() -> Environment:
     env.filters["short"] = lambda h, n=12: (str(h)[:n] + "…") if h and len(str(h)) > n else (h or "")
     env.filters["summary"] = ov.summarise_details
     env.filters["thousands"] = lambda n: "" if n is None else f"{int(n):,}"
+    env.globals["treatment_text"] = ov.treatment_text
     return env
 
 
@@ -128,8 +138,23 @@ def create_app(*, authorize: Authorize | None = None, source: ov.LedgerSource | 
         if not authorize(user, dag_id):
             return not_found(request, "No such run, or you may not read its DAG.")
         settings = load_settings()
-        detail = ov.build_run_detail(dag_id, run_id, settings.ledger_url, source)
+        detail = ov.build_run_detail(dag_id, run_id, settings.ledger_url, source, home=settings.home)
         return page(request, "run.html.j2", title=f"Delivery record of {run_id}", r=detail)
+
+    @app.get("/reports/{contract_id}/{delivery}/{name}")
+    def report_file(contract_id: str, delivery: str, name: str, request: Request, user: GetUserDep) -> Response:
+        if not (_CONTRACT_ID.match(contract_id) and _DELIVERY_ID.match(delivery) and _REPORT_FILE.match(name)) \
+                or ".." in delivery or ".." in name:
+            return not_found(request, "No such report.")
+        if not authorize(user, dag_id_for(contract_id)):
+            return not_found(request, "No such report, or you may not read its DAG.")
+        folder = existing_report(load_settings().home, contract_id, delivery)
+        # Only a file that is really in the report folder (listed, never a path built from the request).
+        found = next((f for f in folder.iterdir() if f.name == name and f.is_file()), None) if folder else None
+        if found is None:
+            return not_found(request, "No such report.")
+        media = "text/html; charset=utf-8" if name.endswith(".html") else "application/json"
+        return Response(found.read_bytes(), media_type=media, headers=_REPORT_HEADERS)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> HTMLResponse:

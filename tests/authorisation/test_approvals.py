@@ -64,8 +64,9 @@ def test_statement_text_is_fixed() -> None:
     PINNED.text().replace("v2", "v1"),
     PINNED.text().replace("cd" * 32, "CD" * 32),
     PINNED.text().replace(f"catalogue-sha256: {'cd' * 32}\n", ""),
+    PINNED.text().replace("cd" * 32, ""),
 ], ids=["empty", "version", "no-final-newline", "spacing", "not-utc", "no-micros", "crlf", "extra-line",
-        "v1-with-catalogue", "catalogue-upper-case", "v2-without-catalogue"])
+        "v1-with-catalogue", "catalogue-upper-case", "v2-without-catalogue", "v2-empty-catalogue"])
 def test_statement_must_be_canonical(text: str) -> None:
     with pytest.raises(VerificationError):
         Statement.parse(text)

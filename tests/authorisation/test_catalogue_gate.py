@@ -27,7 +27,7 @@ from authorisation.catalogue_approvals import (
 from authorisation.registry import IAM_ROLE, load_registry, registry_path
 from contracts.catalogue import load_catalogue
 from contracts.loading import content_hash, load_contract
-from core.errors import AuthorisationError
+from core.errors import AuthorisationError, VerificationError
 from tests.authorisation.helpers import (
     approve_catalogue_for_tests,
     approve_for_tests,
@@ -208,3 +208,52 @@ def test_a_catalogue_signature_is_no_contract_signature(gate_ws: Workspace, sour
     assert CatalogueStatement.parse(CatalogueStatement(
         source="demo_claims", content_sha256=record["content_sha256"], approver=record["approver"],
         role=record["role"], signed_at=record["signed_at"]).text()).source == "demo_claims"
+
+
+CATALOGUE_STATEMENT = CatalogueStatement(source="claims_db", content_sha256="ab" * 32, approver="jane.doe",
+                                         role="information-asset-manager",
+                                         signed_at="2026-11-25T09:12:03.123456+00:00")
+
+
+def test_catalogue_statement_text_is_fixed() -> None:
+    assert CATALOGUE_STATEMENT.text() == (
+        "contract-extracts catalogue approval v1\n"
+        "catalogue: claims_db\n"
+        f"content-sha256: {'ab' * 32}\n"
+        "approver: jane.doe\n"
+        "role: information-asset-manager\n"
+        "signed-at: 2026-11-25T09:12:03.123456+00:00\n")
+    assert CatalogueStatement.parse(CATALOGUE_STATEMENT.text()) == CATALOGUE_STATEMENT
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    CATALOGUE_STATEMENT.text().replace("catalogue approval", "approval"),
+    CATALOGUE_STATEMENT.text().rstrip("\n"),
+    CATALOGUE_STATEMENT.text().replace("approver: ", "approver:  "),
+    CATALOGUE_STATEMENT.text().replace("+00:00", "+01:00"),
+    CATALOGUE_STATEMENT.text().replace("ab" * 32, "AB" * 32),
+    CATALOGUE_STATEMENT.text().replace("claims_db", "claims db"),
+    CATALOGUE_STATEMENT.text() + "extra: 1\n",
+], ids=["empty", "contract-header", "no-final-newline", "spacing", "not-utc", "upper-case-hash", "bad-source",
+        "extra-line"])
+def test_catalogue_statement_must_be_canonical(text: str) -> None:
+    with pytest.raises(VerificationError):
+        CatalogueStatement.parse(text)
+
+
+def test_approval_records_hold_the_same_signed_fields(gate_ws: Workspace) -> None:
+    """Both kinds of approval record hold the statement's fields, the signature and what checks it, under the
+    same names (docs/formats.md); each adds what its subject needs."""
+    approve_for_tests(gate_ws.config_dir, gate_ws.home)
+    with open_ledger() as ledger:
+        contract_record = ledger.records(action=APPROVED)[-1].details_obj()
+        catalogue_record = ledger.records(action=CATALOGUE_APPROVED)[-1].details_obj()
+    signed = {"approver", "role", "content_sha256", "signed_at", "fingerprint", "namespace", "signature",
+              "registry_sha256"}
+    assert set(contract_record) == signed | {"parts", "recipients", "unmasked", "catalogue", "note", "contract_file"}
+    assert set(catalogue_record) == signed | {"catalogue", "owner", "content", "note", "catalogue_file"}
+    for record in (contract_record, catalogue_record):
+        assert record["namespace"] == approver_keys.APPROVAL_NAMESPACE and record["approver"] == "test-iam"
+    assert contract_record["catalogue"] == {"source": "demo_claims", "sha256": catalogue_record["content_sha256"]}
+    assert catalogue_record["catalogue"] == "demo_claims"

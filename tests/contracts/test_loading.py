@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from contracts import Contract, content_hash, discover_contract_files, load_contract
-from contracts.loading import contract_file_problems
+from contracts.loading import contract_file_problems, parse_yaml
 from core.errors import ConfigError, ContractError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -442,3 +443,108 @@ def test_check_lists_every_problem_of_a_file(tmp_path: Path) -> None:
     assert contract is not None
     keys = [p.key for p in problems]
     assert keys == ["unmasked[0]", "population.dataset", "contract"], keys
+
+
+# ---- bounded loading: every way a file can fail to load is one clear error for that file -----------------------
+
+DEMO_LINES = DEMO_1.read_text(encoding="utf-8")
+
+
+def _demo_with(old: str, new: str) -> str:
+    assert old in DEMO_LINES, old
+    return DEMO_LINES.replace(old, new, 1)
+
+
+UNLOADABLE: dict[str, tuple[str, tuple[str, ...]]] = {
+    # Dates YAML recognises but the calendar does not: PyYAML raises a bare ValueError for these.
+    "month-13": (_demo_with("from: 2026-01-01", "from: 2026-13-01"),
+                 ("valid.from", "2026-13-01 is not a real calendar date", "month must be in 1..12", "YYYY-MM-DD")),
+    "february-31": (_demo_with("until: 2030-12-31", "until: 2030-02-31"),
+                    ("valid.until", "2030-02-31", "day is out of range for month")),
+    "hour-25": ("contract: C-DEMO-001\nvalid: {from: 2026-01-01 25:00:00}\n", ("valid.from", "hour must be in")),
+    "flow-date": ("contract: C-DEMO-001\nvalid: {from: 2026-02-30, until: 2027-01-01}\n", ("valid.from", "line 2")),
+    # Tags PyYAML builds with Python exceptions of every kind (ValueError, TypeError, AttributeError).
+    "bad-int-tag": ("contract: C-DEMO-001\nsample: {fraction: !!int abc}\n", ("sample.fraction", "whole number")),
+    "bad-float-tag": ("contract: C-DEMO-001\nsample: {fraction: !!float x}\n", ("sample.fraction", "not a number")),
+    "timestamp-tag-on-text": ("contract: C-DEMO-001\ntitle: !!timestamp soon\n", ("title", "cannot be read")),
+    "set-tag-on-list": ("contract: C-DEMO-001\ntitle: !!set [1]\n", ("title", "mapping was expected")),
+    "map-tag-on-scalar": ("contract: C-DEMO-001\ntitle: !!map x\n", ("title", "mapping was expected")),
+    "list-as-key": ("contract: C-DEMO-001\n? [a, b]\n: 1\n", ("line 2", "plain name")),
+    "mapping-as-key": ("contract: C-DEMO-001\nvalid: {{a: 1}: 2}\n", ("valid", "plain name")),
+    "python-tag": ("contract: C-DEMO-001\ntitle: !!python/object/apply:os.system [id]\n", ("YAML syntax error",)),
+    "binary-tag": ("contract: C-DEMO-001\ntitle: !!binary zzz\n", ("YAML syntax error", "base64")),
+    "merge-key": ("contract: C-DEMO-001\nvalid:\n  <<: {from: 2026-01-01}\n", ("YAML syntax error", "line 3")),
+    "two-documents": ("contract: C-DEMO-001\n---\ncontract: C-DEMO-002\n", ("YAML syntax error", "single document")),
+    "yaml-2": ("%YAML 2.0\n---\ncontract: C-DEMO-001\n", ("YAML syntax error", "version")),
+    "nul-byte": ("contract: C-DEMO-001\x00\n", ("YAML syntax error",)),
+    "control-character": ("contract: C-DEMO-001\ntitle: a\x07b\n", ("YAML syntax error",)),
+}
+
+
+@pytest.mark.parametrize(("text", "fragments"), UNLOADABLE.values(), ids=UNLOADABLE.keys())
+def test_every_kind_of_yaml_failure_is_one_contract_error(tmp_path: Path, text: str,
+                                                         fragments: tuple[str, ...]) -> None:
+    path = write_text(tmp_path, text)
+    _expect_error(path, *fragments)
+    contract, problems = contract_file_problems(path)  # what `contract-extracts check` prints
+    assert contract is None and len(problems) == 1 and str(problems[0]) == str(_expect_error(path))
+
+
+NESTED_20000 = {
+    "flow-sequences": "contract: C-DEMO-001\ntitle: " + "[" * 20_000 + "]" * 20_000 + "\n",
+    "flow-mappings": "contract: C-DEMO-001\ntitle: " + "{a: " * 20_000 + "1" + "}" * 20_000 + "\n",
+    "block-sequences-on-one-line": "contract: C-DEMO-001\ntitle:\n  " + "- " * 20_000 + "x\n",
+    "indented-mappings": "contract: C-DEMO-001\ntitle:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 1_400)),
+}
+
+
+@pytest.mark.parametrize("text", NESTED_20000.values(), ids=NESTED_20000.keys())
+def test_deep_nesting_is_refused_before_it_costs_anything(tmp_path: Path, text: str) -> None:
+    """A title nested 20,000 levels deep took PyYAML 40-70 s and ended in RecursionError; the scanner now stops
+    at the cap, so the refusal is immediate and names the line."""
+    assert len(text.encode()) < (1 << 20)
+    path = write_text(tmp_path, text)
+    started = time.monotonic()
+    error = _expect_error(path, "nested more than 32 levels deep", "line ")
+    assert time.monotonic() - started < 2.0
+    assert "RecursionError" not in str(error)
+
+
+def test_nesting_up_to_the_cap_still_loads() -> None:
+    text = "".join("  " * i + f"k{i}:\n" for i in range(31)) + "  " * 31 + "leaf: [[[1]]]\n"
+    assert parse_yaml(text, "f.yaml") is not None  # 32 block levels, plus flow levels counted separately
+
+
+def test_a_huge_file_is_refused_without_being_read(tmp_path: Path) -> None:
+    """A 64 GiB (sparse) file: refused by its size, instantly; reading it first would exhaust the memory."""
+    path = tmp_path / "C-DEMO-001.yaml"
+    with path.open("wb") as handle:
+        handle.truncate(64 << 30)
+    started = time.monotonic()
+    _expect_error(path, "larger than 1 MiB")
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_file_at_the_size_cap_loads_its_errors_normally(tmp_path: Path) -> None:
+    text = DEMO_LINES + "#" * ((1 << 20) - len(DEMO_LINES.encode()) - 1) + "\n"
+    assert len(text.encode()) == 1 << 20
+    assert load_contract(write_text(tmp_path, text)).contract == "C-DEMO-001"
+
+
+def test_loading_never_lets_a_foreign_exception_escape(tmp_path: Path) -> None:
+    """Fuzz: truncations and single-byte edits of a real contract raise ContractError or load, nothing else."""
+    import random  # noqa: PLC0415 - deferred: this test alone
+
+    rng = random.Random(15)
+    raw = DEMO_LINES.encode()
+    alphabet = b"[]{}:-?!&*|>'\"#%@`,\t\n 0123456789-T:"
+    for i in range(400):
+        data = bytearray(raw[: rng.randrange(len(raw))] if i % 4 == 0 else raw)
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.choice(alphabet)
+        path = tmp_path / "C-DEMO-001.yaml"
+        path.write_bytes(bytes(data))
+        try:
+            load_contract(path)
+        except ContractError as exc:
+            assert str(path) in str(exc) and "Fix:" in str(exc)

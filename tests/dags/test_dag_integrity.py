@@ -83,6 +83,41 @@ def test_a_broken_contract_is_an_import_error_for_that_file_only(tmp_path: Path,
     assert "C-DEMO-001" not in message
 
 
+def test_every_kind_of_broken_file_is_its_own_import_error_and_the_good_dags_still_build(tmp_path: Path) -> None:
+    """Dates out of range, nesting 20,000 deep, a file of 2 MiB, a duplicate id and a YAML tag, all at once, beside
+    the two good demo contracts: each bad file is one line of the import error (file, key, fix), and the good
+    contracts' DAGs are built. Before, any one of these made the DAG file raise and every DAG disappear."""
+    config_dir = tmp_path / "configs"
+    shutil.copytree(REPO / "configs", config_dir)
+    contracts = config_dir / "contracts"
+    good = (contracts / "C-DEMO-002.yaml").read_text()
+    broken = {
+        "C-BAD-001.yaml": good.replace("C-DEMO-002", "C-BAD-001").replace("valid: {from: 2026-01-01",
+                                                                            "valid: {from: 2026-13-01"),
+        "C-BAD-002.yaml": "contract: C-BAD-002\nvalid: {until: 2030-02-31}\n",
+        "C-BAD-003.yaml": "contract: C-BAD-003\ntitle: " + "[" * 20_000 + "]" * 20_000 + "\n",
+        "C-BAD-004.yaml": "contract: C-BAD-004\n" + "#" * (2 << 20) + "\n",
+        "C-BAD-005.yaml": "contract: C-BAD-005\ntitle: !!set [1]\n",
+        "C-DEMO-002.yml": good,  # a second file for the same contract id
+    }
+    assert "2026-13-01" in broken["C-BAD-001.yaml"]
+    for name, text in broken.items():
+        (contracts / name).write_text(text)
+    result = dagbag(tmp_path, config_dir)
+    assert set(result["dags"]) == {"contract_c_demo_001", "contract_c_demo_002", "ledger_checkpoint"}
+    (path, message), = result["errors"].items()
+    assert path.endswith("contract_file_errors.py")
+    lines = [line for line in message.splitlines() if "Fix:" in line]
+    assert len(lines) == len(broken), message
+    for name, fragment in (("C-BAD-001.yaml", "valid.from"), ("C-BAD-002.yaml", "valid.until"),
+                           ("C-BAD-003.yaml", "nested more than"), ("C-BAD-004.yaml", "larger than 1 MiB"),
+                           ("C-BAD-005.yaml", "title"), ("C-DEMO-002.yml", "also defined by")):
+        line = next(x for x in lines if name in x)
+        assert fragment in line, line
+    # Airflow prefixes the import error with the frames of the raise in contract_file_errors.py; nothing else.
+    assert "yaml" not in message.split("InvalidContractFiles")[0].lower() and "RecursionError" not in message
+
+
 def test_parsing_touches_no_database_or_network(tmp_path: Path) -> None:
     # No source connection, no keys, no ledger configured: parsing must still succeed.
     result = dagbag(tmp_path, REPO / "configs")

@@ -30,7 +30,7 @@ from sqlalchemy.pool import NullPool
 from audit.ledger import Ledger
 from demo.runner import ensure_keys, render_demo_contracts
 from demo.synthetic import write_demo_source
-from tests.authorisation.helpers import approve_for_tests
+from tests.authorisation.helpers import approve_for_tests, write_catalogues
 from tests.conftest import PG_ADMIN, REPO
 from tests.ui import servers
 
@@ -90,6 +90,7 @@ def celery_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     }
     for name, value in project.items():
         monkeypatch.setenv(name, value)
+    write_catalogues(config_dir)  # the demo source's catalogue, approved below before the contracts
     approve_for_tests(config_dir, home, ledger_url=ledger_url)  # signed approvals, in the PostgreSQL ledger
 
     port = servers.free_port(also=(100, 101))  # the script gives worker log servers port+100, +101

@@ -57,7 +57,7 @@ def test_overview_shows_contracts_deliveries_blocked_runs_and_ledger(ui_world: U
 
 def test_contract_detail_shows_attributes_treatments_and_approvals(ui_world: UiWorld) -> None:
     html = mounted().get(URL_PREFIX + "/contracts/C-DEMO-001").text
-    for text in ("Legal gateway", "BC-DEMO-4411", "SARA-DEMO-08", "pseudonymise", "entity <code>person</code>",
+    for text in ("Legal gateway", "BC-DEMO-4411", "SARA-DEMO-08", "pseudonymise", "entity &#39;person&#39;",
                  "generalise", "claim_start gte 2016-01-01", "test-iam", "contract_approved", ui_world.digest_001[:12],
                  "demo_claims", "acme-analyst"):
         assert text in html, text
