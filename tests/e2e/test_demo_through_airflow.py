@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from audit.ledger import Ledger
 from audit.opening import load_ledger_key
 from contracts.catalogue import catalogue_path
-from demo.runner import airflow_environment, approve_demo_contracts
+from demo.runner import DEMO_RUN_CONF, airflow_environment, approve_demo_contracts
 from demo.synthetic import write_demo_source
 from tests.conftest import REPO, airflow_uri, temporary_database
 from tests.e2e.demo_state import (
@@ -245,7 +245,8 @@ def start_changed_demo_002(demo: DemoState, root: Path, change: Callable[[dict[s
                               connections=connections, base=demo_env(home))
     drop_before = sorted((home / "drop").rglob("*.tar.age"))
     log = root / "dags-test.log"
-    proc = servers.start(["airflow", "dags", "test", "contract_c_demo_002"], env, log)
+    proc = servers.start(["airflow", "dags", "test", "contract_c_demo_002", "--conf", json.dumps(DEMO_RUN_CONF)],
+                         env, log)
     return BackgroundDagTest(home=home, drop_before=drop_before, log=log, proc=proc)
 
 
