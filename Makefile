@@ -9,10 +9,11 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export UV_COMPILE_BYTECODE := 1
 export CONTRACT_EXTRACTS_HOME ?= $(STATE)
 
-.PHONY: help demo test lint lock venv build-deps system-deps clean
+.PHONY: help demo ui test lint lock venv build-deps system-deps clean
 
 help:
 	@echo "make demo   set up and run both demo contracts through Airflow (SQLite source, local drop folder)"
+	@echo "make ui     Airflow on the demo state (after make demo): http://127.0.0.1:8080, Ctrl-C stops it"
 	@echo "make test   set up and run the whole test suite (unit, integration, end-to-end)"
 	@echo "make lint   ruff and mypy (strict)"
 	@echo "make lock   re-pin constraints.txt from pyproject.toml"
@@ -62,6 +63,11 @@ system-deps: build-deps
 
 demo: venv system-deps
 	$(VENV)/bin/contract-extracts demo
+
+# Airflow (standalone: scheduler, dag-processor, api-server, triggerer) on what `make demo` left in .state, to look at
+# it in a browser; prints the address and the local login. AIRFLOW_UI_PORT=8081 picks another port.
+ui: venv
+	$(VENV)/bin/python -m airflow_glue.local_ui
 
 lint: venv
 	$(VENV)/bin/ruff check .

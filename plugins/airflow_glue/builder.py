@@ -231,9 +231,10 @@ def render_doc(contract: Contract, contract_path: Path) -> str:
         "Manual deliveries: give a *delivery reference* and a *reason* in the trigger form (both required, "
         "recorded in the audit ledger, never personal data)"
         + ("; *full refresh* sends the whole extract instead of the changes." if contract.incremental else ".")
-        + " Scheduled runs deliver only on time: a run created by unpausing for a past time delivers nothing "
-        "and says so; backfills " + ("deliver the changes since the previous delivery." if contract.incremental
-                                     else "are refused (the contract is not incremental).")
+        + (" Scheduled runs deliver only on time: a run created by unpausing for a past time delivers nothing "
+           "and says so; backfills " + ("deliver the changes since the previous delivery." if contract.incremental
+                                        else "are refused (the contract is not incremental).")
+           if contract.schedule else "")
         + " See docs/operators.md.",
         "",
     ]

@@ -166,8 +166,9 @@ def decide(contract: Contract, facts: RunFacts, *, delivered_for: Callable[[str]
     started = (facts.started_at or now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     late = started - when
     if facts.clear_number == 0 and late > grace:
-        minutes = int(late.total_seconds() // 60)
-        return Decision("skip", f"this scheduled run for {when.isoformat()} started {minutes} minute(s) after its "
+        hours, minutes = divmod(int(late.total_seconds() // 60), 60)
+        lateness = f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+        return Decision("skip", f"this scheduled run for {when.isoformat()} started {lateness} after its "
                                 f"time (more than the {int(grace.total_seconds() // 60)} minutes allowed): Airflow "
                                 "creates such a run when a DAG is unpaused or after a scheduler outage, and it "
                                 "delivers nothing. Trigger a manual delivery if the data is wanted now")

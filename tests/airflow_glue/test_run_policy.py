@@ -126,7 +126,7 @@ def test_a_run_created_by_unpausing_for_a_past_time_is_skipped() -> None:
     facts = RunFacts("scheduled", {}, scheduled_for=AT_2, started_at=AT_2 + dt.timedelta(hours=13))
     decision = decide(NIGHTLY, facts, delivered_for=never)
     assert decision.action == "skip"
-    assert "780 minute(s) after its time" in decision.reason and "unpaused" in decision.reason
+    assert "started 13 h 00 min after its time" in decision.reason and "unpaused" in decision.reason
 
 
 def test_a_cleared_run_runs_again_unless_its_time_was_delivered() -> None:
@@ -212,3 +212,22 @@ def test_a_delivered_schedule_time_is_found_in_the_ledger(workspace: Workspace) 
     context = _context(DagRunType.SCHEDULED, start=AT_2 + dt.timedelta(hours=5), clear_number=1, run_id="scheduled__c")
     with pytest.raises(AirflowSkipException, match="already delivered"):
         builder._authorise(path, context)
+
+
+def test_the_trigger_form_fields_match_docs_operators(tmp_path: Path) -> None:
+    """docs/operators.md's field table names exactly the params each kind of contract gets, with their titles and
+    limits."""
+    text = (REPO / "docs" / "operators.md").read_text()
+    table = text.split("| Field | Param | Shown for | Required | Accepted values |", 1)[1].split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.strip().splitlines()[1:]]
+    documented = {row[1].strip("`"): row for row in rows}
+    incremental = _incremental(tmp_path)
+    assert set(documented) == set(param_schemas(incremental))
+    for contract in (NIGHTLY, MANUAL_ONLY, incremental):
+        schemas = param_schemas(contract)
+        for name, (title, _param, shown_for, _required, accepted) in documented.items():
+            assert (name in schemas) == (shown_for == "every contract" or contract.incremental is not None), name
+            if name in schemas:
+                assert schemas[name]["title"] == title
+                if "maxLength" in schemas[name]:
+                    assert f"at most {schemas[name]['maxLength']} characters" in accepted

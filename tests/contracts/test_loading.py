@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import random
 import re
 import time
 from collections.abc import Callable
@@ -533,8 +534,6 @@ def test_a_file_at_the_size_cap_loads_its_errors_normally(tmp_path: Path) -> Non
 
 def test_loading_never_lets_a_foreign_exception_escape(tmp_path: Path) -> None:
     """Fuzz: truncations and single-byte edits of a real contract raise ContractError or load, nothing else."""
-    import random  # noqa: PLC0415 - deferred: this test alone
-
     rng = random.Random(15)
     raw = DEMO_LINES.encode()
     alphabet = b"[]{}:-?!&*|>'\"#%@`,\t\n 0123456789-T:"

@@ -7,6 +7,7 @@ run and swept its staging; the ``record`` task then failed after the package had
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from audit.ledger import Ledger
@@ -34,3 +35,17 @@ def test_a_delivered_airflow_run_keeps_its_staging_until_it_is_recorded(tmp_path
                       delivery="20261204T180837Z-5f02e596", details={})
         report = recovery.sweep_staging(ledger, staging_root=staging_root, actor="another run")
         assert [e["staging"] for e in report.swept] == [str(folder)] and not folder.exists()
+
+
+def test_a_skipped_run_has_ended_and_is_never_called_abandoned(tmp_path: Path) -> None:
+    """A scheduled run skipped on purpose (late, or its time delivered) ends with ``skipped``: reconciliation, even
+    long after, adds nothing to it."""
+    with Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}") as ledger:
+        ledger.append(actor="scheduler", action="run_started", contract="C-DEMO-001", delivery="d-skip",
+                      details={"trigger": {"system": "airflow", "run_type": "scheduled"}})
+        ledger.append(actor="scheduler", action="skipped", contract="C-DEMO-001", delivery="d-skip",
+                      details={"reason": "late"})
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+        report = recovery.reconcile(ledger, staging_root=tmp_path / "staging", actor="audit", resolve_sftp=None,
+                                    now=later)
+        assert report.abandoned == [] and [r.action for r in ledger.records()] == ["run_started", "skipped"]

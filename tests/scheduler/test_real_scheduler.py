@@ -57,7 +57,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
     root = tmp_path_factory.mktemp("scheduler")
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONTRACT_EXTRACTS"))}
     with metadata_database() as ledger_url:
-        world = make_world(root, ledger_url, start_in=dt.timedelta(seconds=50))
+        world = make_world(root, ledger_url, start_in=dt.timedelta(seconds=40))
         with running_airflow(root, {**base_env, **world.env}) as cluster:
             cluster.wait_for("the contract DAGs", lambda: all(
                 cluster.api("GET", f"/dags/{d}")[0] == 200 for d in DAG.values()), timeout=60)
@@ -164,7 +164,7 @@ def test_the_nightly_run_delivers_on_time_and_unpausing_delivers_nothing_by_itse
         late = scheduled[0]
         late_records = _of_run(records, late["dag_run_id"])
         assert [r.action for r in late_records] == ["run_started", "skipped"]
-        assert "minute(s) after its time" in late_records[1].details_obj()["reason"]
+        assert "min after its time (more than" in late_records[1].details_obj()["reason"]
         assert late["state"] == "success"
         for task in ("extract", "deliver"):
             assert _ti(cluster, DAG["C-NIGHT-001"], late["dag_run_id"], task)["state"] == "skipped"
@@ -202,7 +202,10 @@ def test_manual_runs_need_reference_and_reason_and_known_keys(airflow, scenarios
     good = _of_run(records, scenarios["manual"])
     assert next(r for r in scenarios["runs"][DAG["C-DEMO-002"]] if r["dag_run_id"] == scenarios["manual"])[
         "state"] == "success"
-    assert [r.action for r in good][-2:] == ["run_completed", "staging_removed"], [r.action for r in good]
+    actions = [r.action for r in good]
+    assert actions.count("delivered") == 1 and "blocked" not in actions, actions
+    # Plaintext gone: by the run's cleanup task, or by a run that started meanwhile (after run_completed).
+    assert actions[actions.index("run_completed") + 1:] in (["staging_removed"], ["staging_swept"]), actions
     trigger = good[0].details_obj()["trigger"]
     assert trigger["delivery_reference"] == "REQ-2026-0142" and trigger["reason"] == GOOD_CONF["reason"]
     assert good[0].actor == USER and "delivered" in [r.action for r in good]
@@ -306,7 +309,7 @@ def test_the_operator_sees_it_all_in_the_airflow_ui(airflow, scenarios) -> None:
             frame.get_by_role("heading", name="Recent deliveries").wait_for(timeout=30_000)
             text = frame.locator("body").inner_text()
             for expected in ("REQ-2026-0142", GOOD_CONF["reason"], "C-BAD-001.yaml", "not a real calendar date",
-                             "backfill refused", "unknown trigger parameter(s)", "minute(s) after its time"):
+                             "backfill refused", "unknown trigger parameter(s)", "min after its time (more than"):
                 assert expected in text, expected
             links = frame.locator("a[href*='/runs/']").evaluate_all(
                 "links => links.map(a => decodeURIComponent(a.getAttribute('href')))")
@@ -328,7 +331,8 @@ def test_the_operator_sees_it_all_in_the_airflow_ui(airflow, scenarios) -> None:
                           "Values above 1000 are delivered as 1000", "Shifted date", "Delivered as held"):
                 assert words in tab, words
             assert "as recorded" not in tab
-            frame.get_by_role("heading", name="Datasets and treatments").scroll_into_view_if_needed()
+            frame.get_by_role("heading", name="Datasets and treatments").evaluate(
+                "h => h.scrollIntoView({block: 'start'})")  # the treatments at the top of the frame
             page.screenshot(path=str(ARTIFACTS / "operator-contract-tab.png"))
 
             # The run's tab: reference, reason, the ledger records and the release-gate report.
