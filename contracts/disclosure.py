@@ -30,6 +30,12 @@ pseudonymised column cannot be a key variable (it is new per contract).
         threshold: 10        # cells with fewer units are suppressed (primary suppression)
         rounding: 5          # published counts are rounded to this base
         dominance: 0.5       # a sum cell where one unit contributes more than this share is suppressed
+      - name: people_by_region
+        dataset: claimants
+        by: [region]
+        measures: [count]
+        unit: nino           # cell-key perturbation counts people, identified by a pseudonymised column
+        protection: cell_key # instead of suppression and rounding (docs/disclosure.md)
     microdata: false         # deliver only the aggregate tables
 
 New optional fields default to ``None`` and are left out of the serialised model when unset, so the
@@ -221,9 +227,23 @@ class Aggregate(Strict):
     unit: ColumnName | None = Field(default=None, description="count distinct units of this column (default: rows)")
     weight: ColumnName | None = Field(default=None, description="grossing weight column (default: 1/sampling fraction)")
     margins: bool | None = Field(default=None, description="publish row, column and grand totals (true)")
+    protection: Literal["suppression", "cell_key"] | None = Field(
+        default=None, description="suppression (threshold, rounding, secondary suppression; the default) or "
+                                  "cell_key (cell-key perturbation of counts, docs/disclosure.md)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Aggregate:
+        if self.cell_key:
+            if self.unit is None:
+                raise ValueError(f"aggregate {self.name!r}: protection cell_key needs 'unit', the pseudonymised "
+                                 "column that identifies the people counted (their record keys derive from it)")
+            if self.kinds() != [("count", None)]:
+                raise ValueError(f"aggregate {self.name!r}: protection cell_key perturbs counts only; publish sums "
+                                 "and means in a table with protection: suppression")
+            named = [n for n in ("threshold", "rounding", "dominance") if getattr(self, n) is not None]
+            if named:
+                raise ValueError(f"aggregate {self.name!r}: {', '.join(named)} belong to protection: suppression; "
+                                 "a cell_key table is protected by its perturbation table instead")
         if len(set(self.by)) != len(self.by):
             raise ValueError(f"aggregate {self.name!r}: 'by' lists a column twice")
         kinds = [measure_kind(m) for m in self.measures]
@@ -238,7 +258,13 @@ class Aggregate(Strict):
 
     @model_serializer(mode="wrap")
     def _serialise(self, handler: Any) -> dict[str, Any]:
-        return _drop_none(handler(self), ("threshold", "rounding", "dominance", "unit", "weight", "margins"))
+        return _drop_none(handler(self), ("threshold", "rounding", "dominance", "unit", "weight", "margins",
+                                          "protection"))
+
+    @property
+    def cell_key(self) -> bool:
+        """Protected by cell-key perturbation (else by suppression and rounding)."""
+        return self.protection == "cell_key"
 
     @property
     def cell_threshold(self) -> int:
@@ -323,6 +349,9 @@ def disclosure_problems(contract: Contract) -> list[tuple[str, str]]:
                          if isinstance(dataset.columns.get(c), Pseudonymise)]
         if pseudonymised:
             problems.append((key, f"cannot group by or measure pseudonymised columns: {', '.join(pseudonymised)}"))
+        if agg.cell_key and agg.unit in dataset.columns and not isinstance(dataset.columns[agg.unit], Pseudonymise):
+            problems.append((f"{key}.unit", f"protection cell_key derives each unit's record key from {agg.unit!r}, "
+                                            "which must be a pseudonymised column (e.g. unit: nino)"))
     if not delivers_microdata(contract) and not aggregates:
         problems.append(("microdata", "microdata: false needs at least one table under 'aggregates'"))
     return problems

@@ -24,18 +24,26 @@ Framework-free: no Airflow, no Great Expectations.
      "not_assessed": [{"name", "reason"}],
      "aggregates": [{"name", "file", "rows", "dataset", "by", "unit", "measures", "margins", "threshold",
                      "rounding", "dominance", "grossed", "cells", "published", "suppressed_small",
-                     "suppressed_dominance", "suppressed_secondary", "schema": [{"name", "type", "description"}]}],
-     "microdata_removed": ["claimants", ...]}
+                     "suppressed_dominance", "suppressed_secondary", "schema": [{"name", "type", "description"}],
+                     "protection", "count_rounding", "ptable", "interval_audit", "information_loss"}],
+     "microdata_removed": ["claimants", ...],
+     "risk_report": {"datasets": [...], "tables": [...], "not_assessed": [...]}}
 
-``<measures>`` is ``risk.Measures.to_dict()``.
+``<measures>`` is ``risk.Measures.to_dict()`` (with ``true_key``: the view of an intruder who knows the targets'
+real key values). The manifest carries the document without the realised information loss
+(``DisclosureResult.to_dict(recipient=True)``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from contracts.disclosure import (
     Aggregate,
@@ -45,6 +53,7 @@ from contracts.disclosure import (
 )
 from contracts.model import Contract
 from core.errors import ContractError
+from disclosure.ptable import PTable
 from disclosure.result import (
     FORMAT,
     AggregateTable,
@@ -53,11 +62,12 @@ from disclosure.result import (
     DisclosureResult,
     DisclosureSettings,
     Grossing,
+    InformationLoss,
     NotAssessed,
     SampleFraction,
     TableColumn,
 )
-from disclosure.risk import Measures, build_classes, measure
+from disclosure.risk import Classes, Measures, build_classes, measure
 from disclosure.tables import SUPPRESSED, TOTAL_OVER, TableResult, build_table, write_table
 from disclosure.treatment import (
     DisclosureBlocked,
@@ -65,8 +75,10 @@ from disclosure.treatment import (
     apply_plan,
     blocked_report,
     plan_treatment,
+    statistics_written,
 )
 from extract.result import ExtractResult, SampleSummary, StagedDataset
+from masking.record_keys import is_record_key_column
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +143,14 @@ def check_contract(contract: Contract, file: str | None = None) -> None:
         raise ContractError(message, file=file, key=key, fix="see docs/disclosure.md")
 
 
-def _describe_aggregate_column(name: str, unit: str, rounding: int, grossed: Grossing | None) -> str:
+def _describe_aggregate_column(name: str, unit: str, rounding: int, grossed: Grossing | None,
+                               cell_key: bool = False) -> str:
     if name == TOTAL_OVER:
         return ("Dimensions this row is summed over, comma-separated; empty for an inner cell. Those "
                 "dimensions are empty (null) in the row.")
     if name == SUPPRESSED:
-        return "True when the cell is withheld for disclosure control (its measures are null)."
+        return ("Always false: cell-key tables withhold nothing." if cell_key else
+                "True when the cell is withheld for disclosure control (its measures are null).")
     gross = ""
     if grossed and grossed.by == "weight":
         gross = f" Grossed with weight column `{grossed.column}`."
@@ -144,12 +158,16 @@ def _describe_aggregate_column(name: str, unit: str, rounding: int, grossed: Gro
         gross = f" Grossed to the population by the inverse sampling fraction (x{grossed.factor:g})."
     if name == "count":
         what = "Number of records" if unit == "record" else f"Number of distinct `{unit}`"
+        if cell_key:
+            return (f"{what} in the cell, perturbed by the cell-key method (small noise from the published ptable; "
+                    f"no 1s or 2s; cells perturbed to 0 are left out).{gross}")
         return f"{what} in the cell.{gross} Rounded to a multiple of {rounding}."
     kind, _, column = name.partition("_")
     if kind == "sum":
         return f"Sum of `{column}` in the cell.{gross} Rounded to 2 decimals."
     if kind == "mean":
-        return f"Mean of `{column}` over the cell's non-empty values. Rounded to 2 decimals."
+        return (f"Mean of `{column}`: the cell's published sum of `{column}` divided by its number of non-empty "
+                f"values{' (grossed)' if grossed else ''} rounded to a multiple of {rounding}. Rounded to 2 decimals.")
     return f"Dimension `{name}`."
 
 
@@ -157,6 +175,7 @@ def _aggregate_table(result: TableResult, file: str) -> AggregateTable:
     """The typed summary of a built table (``tables.build_table``'s value-free ``summary``)."""
     s = result.summary
     grossed = None if s["grossed"] is None else Grossing.from_dict(s["grossed"])
+    cell_key = s["protection"] == "cell_key"
     return AggregateTable(
         name=s["name"], dataset=s["dataset"], by=tuple(s["by"]), unit=s["unit"], measures=tuple(s["measures"]),
         margins=s["margins"], threshold=s["threshold"], rounding=s["rounding"], dominance=s["dominance"],
@@ -164,8 +183,12 @@ def _aggregate_table(result: TableResult, file: str) -> AggregateTable:
         suppressed_dominance=s["suppressed_dominance"], suppressed_secondary=s["suppressed_secondary"],
         rows=s["rows"], file=file,
         schema=tuple(TableColumn(name=f.name, type=str(f.type),
-                                 description=_describe_aggregate_column(f.name, s["unit"], s["rounding"], grossed))
-                     for f in result.table.schema))
+                                 description=_describe_aggregate_column(f.name, s["unit"], s["count_rounding"],
+                                                                        grossed, cell_key))
+                     for f in result.table.schema),
+        protection=s["protection"], count_rounding=None if cell_key else s["count_rounding"],
+        ptable=None if s["ptable"] is None else PTable.from_dict(s["ptable"]),
+        information_loss=InformationLoss.from_dict(s["information_loss"]), interval_audit=s["interval_audit"])
 
 
 def _build_aggregate(agg: Aggregate, source: StagedDataset, staging: Path, fraction: float | None,
@@ -174,9 +197,13 @@ def _build_aggregate(agg: Aggregate, source: StagedDataset, staging: Path, fract
     file = f"data/{agg.name}.parquet"
     write_table(result, staging / file)
     table = _aggregate_table(result, file)
-    log.info("aggregate %s: %d cells, %d published, %d suppressed (%d small, %d dominance, %d secondary)",
-             agg.name, table.cells, table.published, table.cells - table.published, table.suppressed_small,
-             table.suppressed_dominance, table.suppressed_secondary)
+    if table.protection == "cell_key":
+        log.info("aggregate %s: %d cells, perturbed by cell key; %d published (the others were perturbed to 0)",
+                 agg.name, table.cells, table.published)
+    else:
+        log.info("aggregate %s: %d cells, %d published, %d suppressed (%d small, %d dominance, %d secondary)",
+                 agg.name, table.cells, table.published, table.cells - table.published, table.suppressed_small,
+                 table.suppressed_dominance, table.suppressed_secondary)
     return table
 
 
@@ -220,7 +247,7 @@ def run_disclosure(contract: Contract, staging: Path, extract: ExtractResult, *,
                 continue
             base = build_classes(staging / ds.file, key, sensitive, batch_rows=batch_rows)
             level = disclosure.l if sensitive else None
-            before = measure(base, disclosure.k, l=level, fraction=fraction)
+            before = measure(base, disclosure.k, l=level, fraction=fraction, real=base.codes)
             plan = plan_treatment(base, k=disclosure.k, l=level, ceiling=disclosure.ceiling,
                                   hierarchies=disclosure.hierarchies, may_generalise=disclosure.may_generalise)
             if not plan.within_ceiling:
@@ -229,33 +256,84 @@ def run_disclosure(contract: Contract, staging: Path, extract: ExtractResult, *,
                                            settings=settings, not_assessed=tuple(not_assessed),
                                            aggregates=tuple(aggregates), blocked=report)
                 raise DisclosureBlocked(_blocked_message(ds.name, plan, report), report=blocked)
-            after = measure(plan.suppression.classes, disclosure.k, l=level, fraction=fraction)
+            after = measure(plan.suppression.classes, disclosure.k, l=level, fraction=fraction,
+                            real=plan.suppression.real)
+            if after.enforced_records_below_k or after.enforced_records_below_l:  # fail closed: never expected
+                raise DisclosureBlocked(f"dataset {ds.name}: treatment left {after.enforced_records_below_k} "
+                                        f"record(s) below k={disclosure.k}; nothing is delivered")
             planned.append((ds, plan, base, before, after, key, sensitive))
         for ds, plan, base, before, after, key, sensitive in planned:
-            rows = apply_plan(staging / ds.file, plan, base, batch_rows=batch_rows)
+            written: dict[str, Any] = {}
+            rows = apply_plan(staging / ds.file, plan, base, batch_rows=batch_rows,
+                              drop_columns=_staging_only(staging / ds.file), written_pairs=written)
             if rows != ds.rows:
                 raise DisclosureBlocked(f"dataset {ds.name}: {rows} rows after treatment, {ds.rows} extracted")
+            if written:  # l-diversity as written: a class split into parts shows only its parts' own values
+                published = plan.suppression.classes
+                after = measure(Classes(published.key, published.dictionaries, published.codes, published.counts,
+                                        written), disclosure.k, l=disclosure.l if sensitive else None,
+                                fraction=fraction, real=plan.suppression.real)
+                if after.enforced_records_below_k or after.enforced_records_below_l:
+                    raise DisclosureBlocked(f"dataset {ds.name}: treatment left records below the threshold; "
+                                            "nothing is delivered")
             treatment = plan.summary()
             datasets.append(AssessedDataset(name=ds.name, file=ds.file, rows=rows, key=tuple(key),
                                             sensitive=tuple(sensitive), before=before, after=after,
                                             treatment=treatment, changed=plan.changes_data))
-            log.info("disclosure %s: k-anonymity %s -> %s (k=%d), %d records below k before, %d records with a "
-                     "suppressed value, generalised %s", ds.name, before.k_anonymity, after.k_anonymity,
-                     disclosure.k, before.records_below_k, plan.suppression.records,
+            log.info("disclosure %s: k-anonymity %s -> %s with nulls as wildcards, %s -> %s for an intruder who knows "
+                     "the targets' key values (k=%d); %d records below k before, %d records with a suppressed value, "
+                     "generalised %s", ds.name, before.k_anonymity, after.k_anonymity,
+                     before.enforced_k_anonymity, after.enforced_k_anonymity, disclosure.k,
+                     before.enforced_records_below_k, plan.suppression.records,
                      [f"{g.column}@{g.level}" for g in treatment.generalised] or "nothing")
     elif microdata and disclosure is not None:
         not_assessed = [NotAssessed(name=ds.name, reason="the contract names no key variables")
                         for ds in extract.datasets]
 
-    # 3. Aggregates only: the microdata files go (after the tables were built from them).
+    # 3. Aggregates only: the microdata files go (after the tables were built from them). Otherwise no staging-only
+    #    column (record keys for cell-key tables) may stay in a delivered file.
     removed: list[str] = []
     if not microdata:
         for ds in extract.datasets:
             (staging / ds.file).unlink(missing_ok=True)
             removed.append(ds.name)
+    else:
+        for ds in extract.datasets:
+            hidden = _staging_only(staging / ds.file)
+            if hidden:
+                strip_columns(staging / ds.file, hidden, batch_rows=batch_rows)
     return DisclosureResult(success=True, microdata=microdata, sample=sample, assessed=assessed, settings=settings,
                             datasets=tuple(datasets), not_assessed=tuple(not_assessed), aggregates=tuple(aggregates),
                             microdata_removed=tuple(removed))
+
+
+def _staging_only(path: Path) -> tuple[str, ...]:
+    """The columns of a staged file that exist for the stages only (record keys), never for delivery."""
+    return tuple(name for name in pq.read_schema(path).names if is_record_key_column(name)) if path.exists() else ()
+
+
+def strip_columns(path: Path, columns: tuple[str, ...], *, batch_rows: int = 250_000) -> None:
+    """Rewrite ``path`` without ``columns`` (streaming; row order and statistics settings kept)."""
+    tmp = path.with_name(path.name + ".stripping")
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    keep = [f.name for f in parquet.schema_arrow if f.name not in columns]
+    schema = pa.schema([parquet.schema_arrow.field(n) for n in keep])
+    try:
+        statistics = [c for c in statistics_written(parquet.metadata) if c not in columns]
+        with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=statistics) as writer:
+            rows = 0
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=keep, use_pandas_metadata=False):
+                writer.write_batch(batch)
+                rows += batch.num_rows
+            if rows == 0:
+                writer.write_table(schema.empty_table())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        parquet.close()
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def _blocked_message(dataset: str, plan: Plan, report: BlockedDataset) -> str:
@@ -284,8 +362,11 @@ def ledger_details(doc: DisclosureResult) -> dict[str, Any]:
     out["datasets"] = [{
         "name": d.name, "rows": d.rows,
         "k_anonymity_before": d.before.k_anonymity, "k_anonymity_after": d.after.k_anonymity,
+        "k_anonymity_true_key_before": d.before.enforced_k_anonymity,
+        "k_anonymity_true_key_after": d.after.enforced_k_anonymity,
         "records_below_k_before": d.before.records_below_k,
         "records_below_k_after": d.after.records_below_k,
+        "records_below_k_true_key_after": d.after.enforced_records_below_k,
         "sample_uniques_before": d.before.sample_uniques,
         "average_risk_after": round(d.after.average_risk, 6),
         "l_diversity_after": dict(d.after.l_diversity),
@@ -298,7 +379,8 @@ def ledger_details(doc: DisclosureResult) -> dict[str, Any]:
     out["aggregates"] = [{"name": a.name, "dataset": a.dataset, "cells": a.cells, "published": a.published,
                           "suppressed_small": a.suppressed_small, "suppressed_dominance": a.suppressed_dominance,
                           "suppressed_secondary": a.suppressed_secondary, "threshold": a.threshold,
-                          "rounding": a.rounding} for a in doc.aggregates]
+                          "rounding": a.rounding, "protection": a.protection, "count_rounding": a.count_rounding,
+                          "interval_audit": a.interval_audit} for a in doc.aggregates]
     if doc.microdata_removed:
         out["microdata_removed"] = list(doc.microdata_removed)
     if doc.blocked:

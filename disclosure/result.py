@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ContractExtractsError
-from disclosure.risk import Measures, RiskDriver
+from disclosure.ptable import PTable
+from disclosure.risk import Measures, RiskDriver, TrueKeyMeasures
 
 FORMAT = "contract-extracts/disclosure/v1"
 
@@ -201,6 +202,41 @@ class TableColumn:
 
 
 @dataclass(frozen=True)
+class InformationLoss:
+    """How far a table's published counts are from the true (grossed) counts.
+
+    ``expected_*`` follow from the protection's public parameters (rounding base, ptable) and go to the
+    recipient; ``realised_*`` are measured on the table's own cells and stay with the operator (with few
+    cells they would narrow down the true counts). A withheld cell deviates by its whole true count.
+    """
+
+    method: str  # "suppression" or "cell_key"
+    cells: int
+    withheld: int
+    expected_absolute_deviation: float
+    max_absolute_deviation: float
+    realised_mean_absolute_deviation: float | None = None
+    realised_mean_absolute_deviation_published: float | None = None
+
+    def to_dict(self, *, recipient: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "cells": self.cells, "withheld": self.withheld,
+                               "expected_absolute_deviation": self.expected_absolute_deviation,
+                               "max_absolute_deviation": self.max_absolute_deviation}
+        if not recipient:
+            out["realised_mean_absolute_deviation"] = self.realised_mean_absolute_deviation
+            out["realised_mean_absolute_deviation_published"] = self.realised_mean_absolute_deviation_published
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InformationLoss:
+        return cls(method=data["method"], cells=data["cells"], withheld=data["withheld"],
+                   expected_absolute_deviation=data["expected_absolute_deviation"],
+                   max_absolute_deviation=data["max_absolute_deviation"],
+                   realised_mean_absolute_deviation=data.get("realised_mean_absolute_deviation"),
+                   realised_mean_absolute_deviation_published=data.get("realised_mean_absolute_deviation_published"))
+
+
+@dataclass(frozen=True)
 class AggregateTable:
     """A safe aggregate table written to ``file`` (``data/<name>.parquet``), with its rule and counts."""
 
@@ -222,15 +258,25 @@ class AggregateTable:
     rows: int
     file: str
     schema: tuple[TableColumn, ...]
+    protection: str = "suppression"  # or "cell_key"
+    count_rounding: int | None = None  # the base published counts are multiples of (suppression)
+    ptable: PTable | None = None  # the perturbation table (cell_key)
+    information_loss: InformationLoss | None = None
+    interval_audit: bool = False  # withheld cells were audited against linear-programming bounds
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, recipient: bool = False) -> dict[str, Any]:
         return {"name": self.name, "dataset": self.dataset, "by": list(self.by), "unit": self.unit,
                 "measures": list(self.measures), "margins": self.margins, "threshold": self.threshold,
                 "rounding": self.rounding, "dominance": self.dominance,
                 "grossed": None if self.grossed is None else self.grossed.to_dict(), "cells": self.cells,
                 "published": self.published, "suppressed_small": self.suppressed_small,
                 "suppressed_dominance": self.suppressed_dominance, "suppressed_secondary": self.suppressed_secondary,
-                "rows": self.rows, "file": self.file, "schema": [c.to_dict() for c in self.schema]}
+                "rows": self.rows, "file": self.file, "schema": [c.to_dict() for c in self.schema],
+                "protection": self.protection, "count_rounding": self.count_rounding,
+                "ptable": None if self.ptable is None else self.ptable.to_dict(),
+                "information_loss": (None if self.information_loss is None
+                                     else self.information_loss.to_dict(recipient=recipient)),
+                "interval_audit": self.interval_audit}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AggregateTable:
@@ -242,7 +288,12 @@ class AggregateTable:
                    published=data["published"], suppressed_small=data["suppressed_small"],
                    suppressed_dominance=data["suppressed_dominance"],
                    suppressed_secondary=data["suppressed_secondary"], rows=data["rows"], file=data["file"],
-                   schema=tuple(TableColumn.from_dict(c) for c in data["schema"]))
+                   schema=tuple(TableColumn.from_dict(c) for c in data["schema"]),
+                   protection=data.get("protection", "suppression"), count_rounding=data.get("count_rounding"),
+                   ptable=None if data.get("ptable") is None else PTable.from_dict(data["ptable"]),
+                   information_loss=(None if data.get("information_loss") is None
+                                     else InformationLoss.from_dict(data["information_loss"])),
+                   interval_audit=bool(data.get("interval_audit", False)))
 
 
 @dataclass(frozen=True)
@@ -282,6 +333,113 @@ class BlockedDataset:
 
 
 @dataclass(frozen=True)
+class RiskView:
+    """k and l of one dataset as one kind of intruder sees them (``wildcard`` or ``true_key``)."""
+
+    k_anonymity: int | None
+    records_below_k: int
+    uniques: int
+    average_risk: float
+    l_diversity: Mapping[str, int | None]
+    records_below_l: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k_anonymity": self.k_anonymity, "records_below_k": self.records_below_k, "uniques": self.uniques,
+                "average_risk": round(self.average_risk, 6), "l_diversity": dict(self.l_diversity),
+                "records_below_l": self.records_below_l}
+
+    @classmethod
+    def wildcard(cls, m: Measures) -> RiskView:
+        return cls(k_anonymity=m.k_anonymity, records_below_k=m.records_below_k, uniques=m.sample_uniques,
+                   average_risk=m.average_risk, l_diversity=dict(m.l_diversity), records_below_l=m.records_below_l)
+
+    @classmethod
+    def true_key(cls, m: TrueKeyMeasures) -> RiskView:
+        return cls(k_anonymity=m.k_anonymity, records_below_k=m.records_below_k, uniques=m.uniques,
+                   average_risk=m.average_risk, l_diversity=dict(m.l_diversity), records_below_l=m.records_below_l)
+
+
+@dataclass(frozen=True)
+class DatasetRisk:
+    """One delivered dataset in the risk report: the key, k and l both ways, uniques and what was suppressed."""
+
+    name: str
+    records: int
+    key: tuple[str, ...]
+    sensitive: tuple[str, ...]
+    k: int
+    l: int | None  # noqa: E741 - the established name (l-diversity)
+    uniques_before: int  # records unique on the key before treatment (true-key view)
+    wildcard: RiskView  # after treatment, nulls as wildcards
+    true_key: RiskView | None  # after treatment, for an intruder who knows the targets' real key values
+    generalised: tuple[str, ...]  # "column: description"
+    suppressed_records: int
+    suppressed_values: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "records": self.records, "key": list(self.key), "sensitive": list(self.sensitive),
+                "k": self.k, "l": self.l, "uniques_before": self.uniques_before,
+                "wildcard": self.wildcard.to_dict(),
+                "true_key": None if self.true_key is None else self.true_key.to_dict(),
+                "generalised": list(self.generalised), "suppressed_records": self.suppressed_records,
+                "suppressed_values": dict(self.suppressed_values)}
+
+
+@dataclass(frozen=True)
+class TableRisk:
+    """One aggregate table in the risk report: how it is protected and what that costs."""
+
+    name: str
+    protection: str
+    cells: int
+    published: int
+    suppressed: int
+    count_rounding: int | None
+    ptable: Mapping[str, Any] | None  # the ptable's parameters (cell_key)
+    information_loss: InformationLoss | None
+
+    def to_dict(self, *, recipient: bool = False) -> dict[str, Any]:
+        return {"name": self.name, "protection": self.protection, "cells": self.cells, "published": self.published,
+                "suppressed": self.suppressed, "count_rounding": self.count_rounding,
+                "ptable": None if self.ptable is None else dict(self.ptable),
+                "information_loss": (None if self.information_loss is None
+                                     else self.information_loss.to_dict(recipient=recipient))}
+
+
+@dataclass(frozen=True)
+class RiskReport:
+    """What a researcher and an IAM need to judge the delivery's disclosure risk (counts only, no data values)."""
+
+    datasets: tuple[DatasetRisk, ...]
+    tables: tuple[TableRisk, ...]
+    not_assessed: tuple[NotAssessed, ...]
+
+    def to_dict(self, *, recipient: bool = False) -> dict[str, Any]:
+        return {"datasets": [d.to_dict() for d in self.datasets],
+                "tables": [t.to_dict(recipient=recipient) for t in self.tables],
+                "not_assessed": [n.to_dict() for n in self.not_assessed]}
+
+
+def _dataset_risk(d: AssessedDataset, settings: DisclosureSettings | None) -> DatasetRisk:
+    before = d.before.true_key.uniques if d.before.true_key else d.before.sample_uniques
+    return DatasetRisk(
+        name=d.name, records=d.rows, key=d.key, sensitive=d.sensitive,
+        k=settings.k if settings else d.after.k, l=d.after.l, uniques_before=before,
+        wildcard=RiskView.wildcard(d.after),
+        true_key=None if d.after.true_key is None else RiskView.true_key(d.after.true_key),
+        generalised=tuple(f"{g.column}: {g.description}" for g in d.treatment.generalised),
+        suppressed_records=d.treatment.suppressed_records, suppressed_values=dict(d.treatment.suppressed_values))
+
+
+def _table_risk(a: AggregateTable) -> TableRisk:
+    return TableRisk(name=a.name, protection=a.protection, cells=a.cells, published=a.published,
+                     suppressed=a.cells - a.published if a.protection == "suppression" else 0,
+                     count_rounding=a.count_rounding,
+                     ptable=None if a.ptable is None else a.ptable.parameters(),
+                     information_loss=a.information_loss)
+
+
+@dataclass(frozen=True)
 class DisclosureResult:
     """The disclosure stage's outcome for one delivery (``disclosure.json``)."""
 
@@ -300,13 +458,21 @@ class DisclosureResult:
     def assessed_dataset(self, name: str) -> AssessedDataset | None:
         return next((d for d in self.datasets if d.name == name), None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def risk_report(self) -> RiskReport:
+        """The readable risk report (derived from the rest of the document, so never read back)."""
+        return RiskReport(datasets=tuple(_dataset_risk(d, self.settings) for d in self.datasets),
+                          tables=tuple(_table_risk(a) for a in self.aggregates), not_assessed=self.not_assessed)
+
+    def to_dict(self, *, recipient: bool = False) -> dict[str, Any]:
+        """The document; ``recipient``: as the manifest carries it (no operator-only figures)."""
         doc: dict[str, Any] = {
             "format": self.format, "success": self.success, "microdata": self.microdata,
             "sample": None if self.sample is None else self.sample.to_dict(), "assessed": self.assessed,
             "settings": None if self.settings is None else self.settings.to_dict(),
             "datasets": [d.to_dict() for d in self.datasets], "not_assessed": [n.to_dict() for n in self.not_assessed],
-            "aggregates": [a.to_dict() for a in self.aggregates], "microdata_removed": list(self.microdata_removed),
+            "aggregates": [a.to_dict(recipient=recipient) for a in self.aggregates],
+            "microdata_removed": list(self.microdata_removed),
+            "risk_report": self.risk_report().to_dict(recipient=recipient),
         }
         if self.blocked is not None:
             doc["blocked"] = self.blocked.to_dict()

@@ -23,6 +23,19 @@ With no nulls this is the size of r's equivalence class. From f:
 
 Sample extracts (sampling fraction π < 1) add population estimates (see ``population_estimates``).
 
+**The true-key view.** The wildcard view is how the *published* file looks to someone matching one
+published record against the others. An intruder who knows a target's real key values sees it
+differently: a published record is a candidate for the target when each of its key values equals the
+target's real value or is suppressed (null). So for a target *t* with real key values *x(t)*:
+
+    c(t) = number of published records s such that, for every a in A, s[a] is null or s[a] == x(t)[a]
+
+A real value that is missing in the source is known to be missing: it matches only a published null.
+c(t) ≤ f(t) always (the published record of *t* is *x(t)* with some values nulled, and nulls only widen
+the wildcard match), so the true-key view is the stricter one and treatment enforces k and l on it
+(``TrueKeyMeasures``). When every record of a small group loses the same value, f counts the whole
+neighbourhood while c counts only the group itself: the gap the wildcard view hides.
+
 Nothing here returns or logs a data value: results are counts, shares and column names.
 """
 
@@ -41,6 +54,9 @@ import pyarrow.parquet as pq
 _READ_BUFFER_BYTES = 1 << 20
 _COMPACT_ROWS = 1_000_000  # regroup partial group-by results once they hold this many rows
 NULL = -1  # the code of a missing (wildcard) value
+# In a true-key query: a target's real value that is missing in the source. It equals no code, so it matches only a
+# published null (``true_key_queries``).
+KNOWN_MISSING = -2
 
 
 # ------------------------------------------------------------------------------------ class table
@@ -240,6 +256,24 @@ def compatible_distinct(queries: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
+def true_key_queries(real: np.ndarray) -> np.ndarray:
+    """Real key codes as an intruder who knows them queries the published file: a missing value is known missing."""
+    queries = np.array(real, dtype=np.int64, copy=True)
+    queries[queries == NULL] = KNOWN_MISSING
+    return queries
+
+
+def true_key_counts(real: np.ndarray, published: Classes) -> np.ndarray:
+    """c for every row of ``published`` whose real codes are the same row of ``real`` (module docstring)."""
+    return compatible_counts(true_key_queries(real), published.codes, published.counts)
+
+
+def true_key_diversities(real: np.ndarray, published: Classes) -> dict[str, np.ndarray]:
+    """Distinct sensitive values among the published records compatible with each row's real key values."""
+    queries = true_key_queries(real)
+    return {s: compatible_distinct(queries, pairs) for s, pairs in published.sensitive.items()}
+
+
 def frequencies(classes: Classes) -> np.ndarray:
     """f for every row of ``classes`` (the number of records compatible with it)."""
     return compatible_counts(classes.codes, classes.codes, classes.counts)
@@ -254,8 +288,41 @@ def diversities(classes: Classes) -> dict[str, np.ndarray]:
 
 
 @dataclass(frozen=True)
+class TrueKeyMeasures:
+    """The true-key view (module docstring): what an intruder who knows each target's real key values sees."""
+
+    k_anonymity: int | None  # min c: the fewest published records compatible with some target
+    records_below_k: int
+    uniques: int  # targets with exactly one compatible published record
+    average_risk: float  # mean of 1/c
+    l_diversity: dict[str, int | None]
+    records_below_l: int | None
+    records: int
+
+    @property
+    def share_below_k(self) -> float:
+        return self.records_below_k / self.records if self.records else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k_anonymity": self.k_anonymity, "records_below_k": self.records_below_k,
+                "share_below_k": round(self.share_below_k, 6), "uniques": self.uniques,
+                "average_risk": round(self.average_risk, 6), "l_diversity": dict(self.l_diversity),
+                "records_below_l": self.records_below_l}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], records: int) -> TrueKeyMeasures:
+        return cls(k_anonymity=data["k_anonymity"], records_below_k=data["records_below_k"], uniques=data["uniques"],
+                   average_risk=data["average_risk"], l_diversity=dict(data["l_diversity"]),
+                   records_below_l=data["records_below_l"], records=records)
+
+
+@dataclass(frozen=True)
 class Measures:
-    """Value-free risk measures of one dataset over its key (see the module docstring)."""
+    """Value-free risk measures of one dataset over its key (see the module docstring).
+
+    The top-level fields are the wildcard view; ``true_key`` the true-key view (None where the real key values
+    are not known, e.g. when the release gate re-measures a published file). ``enforced_*`` is the stricter.
+    """
 
     records: int
     key: tuple[str, ...]
@@ -269,10 +336,27 @@ class Measures:
     records_below_l: int | None
     l: int | None  # noqa: E741
     population: dict[str, Any] | None  # population_estimates (sample extracts), else None
+    true_key: TrueKeyMeasures | None = None
 
     @property
     def share_below_k(self) -> float:
         return self.records_below_k / self.records if self.records else 0.0
+
+    @property
+    def enforced_k_anonymity(self) -> int | None:
+        """The smaller of the two views' k-anonymity (the one treatment enforces)."""
+        values = [v for v in (self.k_anonymity, self.true_key.k_anonymity if self.true_key else None) if v is not None]
+        return min(values) if values else None
+
+    @property
+    def enforced_records_below_k(self) -> int:
+        return max(self.records_below_k, self.true_key.records_below_k if self.true_key else 0)
+
+    @property
+    def enforced_records_below_l(self) -> int | None:
+        views = [v for v in (self.records_below_l, self.true_key.records_below_l if self.true_key else None)
+                 if v is not None]
+        return max(views) if views else None
 
     @property
     def k_anonymous(self) -> bool:
@@ -290,17 +374,20 @@ class Measures:
             "average_risk": round(self.average_risk, 6),
             "l": self.l, "l_diversity": dict(self.l_diversity), "records_below_l": self.records_below_l,
             "population": self.population,
+            "true_key": None if self.true_key is None else self.true_key.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Measures:
         """The measures as ``to_dict`` wrote them (``share_below_k`` is derived, so not read)."""
         population = data["population"]
+        true_key = data.get("true_key")
         return cls(records=data["records"], key=tuple(data["key"]), k=data["k"], classes=data["classes"],
                    k_anonymity=data["k_anonymity"], records_below_k=data["records_below_k"],
                    sample_uniques=data["sample_uniques"], average_risk=data["average_risk"],
                    l_diversity=dict(data["l_diversity"]), records_below_l=data["records_below_l"], l=data["l"],
-                   population=None if population is None else dict(population))
+                   population=None if population is None else dict(population),
+                   true_key=None if true_key is None else TrueKeyMeasures.from_dict(true_key, data["records"]))
 
 
 def population_estimates(f: np.ndarray, counts: np.ndarray, fraction: float, k: int) -> dict[str, Any]:
@@ -336,21 +423,47 @@ def population_estimates(f: np.ndarray, counts: np.ndarray, fraction: float, k: 
     }
 
 
+def _below_l(diversity: dict[str, np.ndarray], counts: np.ndarray, live: np.ndarray, l: int | None) -> int | None:  # noqa: E741
+    if l is None:
+        return None
+    low = np.zeros(len(counts), dtype=bool)
+    for values in diversity.values():
+        low |= values < l
+    return int(counts[low & live].sum())
+
+
+def measure_true_key(real: np.ndarray, published: Classes, k: int, *, l: int | None = None) -> TrueKeyMeasures:  # noqa: E741
+    """The true-key view of ``published`` whose rows have the real key codes ``real`` (same row order)."""
+    counts = published.counts
+    live = counts > 0
+    records = int(counts.sum())
+    c = true_key_counts(real, published)
+    diversity = true_key_diversities(real, published)
+    return TrueKeyMeasures(
+        k_anonymity=int(c[live].min()) if records else None,
+        records_below_k=int(counts[(c < k) & live].sum()),
+        uniques=int(counts[(c == 1) & live].sum()),
+        average_risk=float((counts[live] / c[live]).sum() / records) if records else 0.0,
+        l_diversity={s: (int(v[live].min()) if records else None) for s, v in diversity.items()},
+        records_below_l=_below_l(diversity, counts, live, l),
+        records=records,
+    )
+
+
 def measure(classes: Classes, k: int, *, l: int | None = None,  # noqa: E741
-            fraction: float | None = None, f: np.ndarray | None = None) -> Measures:
-    """All measures for ``classes`` against threshold ``k`` (and ``l``); sample estimates when π < 1."""
+            fraction: float | None = None, f: np.ndarray | None = None, real: np.ndarray | None = None) -> Measures:
+    """All measures for ``classes`` against threshold ``k`` (and ``l``); sample estimates when π < 1.
+
+    ``real``: the real (unsuppressed) key codes of every row of ``classes``; given, the true-key view is
+    measured too (for data before treatment, the codes themselves).
+    """
     f = frequencies(classes) if f is None else f
     counts = classes.counts
     live = counts > 0
     records = int(counts.sum())
     distinct = np.unique(classes.codes[live], axis=0).shape[0] if records else 0
     diversity = diversities(classes)
-    below_l = None
-    if l is not None:
-        low = np.zeros(len(counts), dtype=bool)
-        for values in diversity.values():
-            low |= values < l
-        below_l = int(counts[low & live].sum())
+    below_l = _below_l(diversity, counts, live, l)
     population = None
     if fraction is not None and fraction < 1:
         population = population_estimates(f[live], counts[live], fraction, k)
@@ -367,6 +480,7 @@ def measure(classes: Classes, k: int, *, l: int | None = None,  # noqa: E741
         records_below_l=below_l,
         l=l,
         population=population,
+        true_key=None if real is None else measure_true_key(real, classes, k, l=l),
     )
 
 

@@ -6,7 +6,9 @@ the dimensions summed over the others, down to the grand total. Column ``total_o
 dimensions a row is summed over ("" for inner cells, "region,sex" for a margin); the summed
 dimensions are null in that row.
 
-Rules, in order (docs/disclosure.md):
+Two protections (``protection``, docs/disclosure.md):
+
+**Suppression** (the default). Rules, in order:
 
 1. **Units.** A cell's units are its records, or the distinct values of ``unit`` (e.g. people in a
    table of payments).
@@ -14,18 +16,30 @@ Rules, in order (docs/disclosure.md):
    10) is suppressed. For every summed or averaged column, a cell where one unit contributes more
    than ``dominance`` (default 0.5) of the cell's total (in absolute values) is suppressed too.
 3. **Secondary suppression.** Every row and column of the table, and of every margin, is an
-   equation: its published cells add up to its total. A line with exactly one suppressed entry
-   would give it away by subtraction, so another entry of that line is suppressed: the unsuppressed
-   inner cell with the fewest units (ties: the first in table order), or the line's total when no
-   inner cell is left. Lines are revisited until none has exactly one suppressed entry (a fixed
-   point: suppressions only grow, so this ends). This protects against single-equation recovery;
-   it does not solve the full linear system an intruder could build from many equations (no
-   interval audit); cells absent from the table are empty (zero) and never suppressed.
-4. **Grossing.** For a sample, counts and sums are multiplied by the inverse sampling fraction (or
-   summed over a ``weight`` column) — the threshold is always applied to unweighted units.
-5. **Rounding.** Published counts are rounded to the nearest multiple of ``rounding`` (default 5,
-   halves up), each cell independently, so rounded cells need not add up to rounded totals. Sums
-   and means are rounded to 2 decimals.
+   equation: its cells add up to its total. Whenever a line has a suppressed entry, it must have at
+   least two, and when its total is published the suppressed members together must hold at least
+   ``threshold`` units and not be dominated by one unit: the total minus the published members gives
+   their sum, which must be as safe as a published cell. Otherwise another member is suppressed (the
+   smallest that covers what is missing, else the largest; the total when no member is left). Lines
+   are revisited until all pass (suppressions only grow, so this ends). Cells absent from the table
+   are empty (zero) and never suppressed.
+4. **Grossing.** For a sample, counts and sums are multiplied by the inverse sampling fraction f (or
+   summed over a ``weight`` column); the threshold always applies to unweighted units.
+5. **Rounding.** Published counts are rounded to the nearest multiple of the *count base*, each cell
+   independently (halves up): ``rounding`` (default 5) for unweighted tables, ``rounding × ⌈f⌉`` for
+   grossed ones (``rounding × ⌈mean weight⌉`` with weights), so that every published grossed count
+   is consistent with at least ``rounding`` different sample counts, as an unweighted rounded count
+   is; otherwise count = grossed / f would give the sample count back. Sums are rounded to 2
+   decimals. A mean is *derived from published figures*: its published sum divided by the rounded
+   (grossed) number of non-empty values, so sum / mean gives back only a rounded count, never the
+   exact one.
+
+**Cell-key perturbation** (``protection: cell_key``, counts only): every unit carries a record key
+(``masking.record_keys``), a cell's key is the sum of its units' record keys modulo 256, and the
+published perturbation table (``disclosure.ptable``) maps (count, cell key) to the noise. No
+suppression, no rounding: each cell (margins too) is perturbed on its own; a cell perturbed to 0 is
+left out of the table like an empty one. Grossed counts are the perturbed count × f, rounded to a
+whole number.
 
 Suppressed cells are published as nulls with ``suppressed = true``; whether the suppression was
 primary or secondary is not published (it would point at the small cells).
@@ -35,7 +49,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +57,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from scipy import sparse
+from scipy.optimize import linprog
 
 from contracts.disclosure import Aggregate
-from core.errors import ContractError
+from core.errors import ContractError, ContractExtractsError
+from disclosure.ptable import DEFAULT_PTABLE, KEY_RANGE, PTable
+from masking.record_keys import record_key_column
 
 _READ_BUFFER_BYTES = 1 << 20
 _COMPACT_ROWS = 1_000_000
@@ -86,7 +104,8 @@ def _measured(agg: Aggregate) -> list[str]:
     return list(dict.fromkeys(c for _, c in agg.kinds() if c is not None))
 
 
-def _batch_partial(table: pa.Table, agg: Aggregate, group: list[str], measured: list[str]) -> pa.Table:
+def _batch_partial(table: pa.Table, agg: Aggregate, group: list[str], measured: list[str],
+                   record_key: str | None) -> pa.Table:
     n = table.num_rows
     cols: dict[str, pa.Array] = {g: table[g] for g in group}
     cols["_n"] = pa.array(np.ones(n, dtype=np.int64))
@@ -101,15 +120,19 @@ def _batch_partial(table: pa.Table, agg: Aggregate, group: list[str], measured: 
         cols[f"_nw{i}"] = pc.if_else(pc.is_valid(v), weight, 0.0)
         cols[f"_amax{i}"] = pc.fill_null(pc.abs(v), 0.0)
         cols[f"_asum{i}"] = pc.fill_null(pc.abs(v), 0.0)
+    if record_key is not None:
+        cols["_rk"] = pc.fill_null(pc.cast(table[record_key], pa.int64()), 0)
     t = pa.table(cols)
-    return _group(t, group, measured)
+    return _group(t, group, measured, record_key is not None)
 
 
-def _aggs(measured: list[str]) -> list[tuple[str, str]]:
+def _aggs(measured: list[str], keyed: bool = False) -> list[tuple[str, str]]:
     out = [("_n", "sum"), ("_w", "sum")]
     for i in range(len(measured)):
         out += [(f"_s{i}", "sum"), (f"_sw{i}", "sum"), (f"_nn{i}", "sum"), (f"_nw{i}", "sum"),
                 (f"_amax{i}", "max"), (f"_asum{i}", "sum")]
+    if keyed:
+        out.append(("_rk", "max"))  # every row of a unit carries the unit's record key: any one will do
     return out
 
 
@@ -126,40 +149,43 @@ def _grouped(table: pa.Table, group: list[str], aggs: list[tuple[str, str]]) -> 
     return grouped.select([*group, *(a for a, _ in aggs)])
 
 
-def _group(table: pa.Table, group: list[str], measured: list[str]) -> pa.Table:
-    return _grouped(table, group, _aggs(measured))
+def _group(table: pa.Table, group: list[str], measured: list[str], keyed: bool = False) -> pa.Table:
+    return _grouped(table, group, _aggs(measured, keyed))
 
 
-def _base_table(path: Path, agg: Aggregate, batch_rows: int) -> tuple[pa.Table, list[str]]:
+def _base_table(path: Path, agg: Aggregate, batch_rows: int, record_key: str | None) -> tuple[pa.Table, list[str]]:
     """Grouped by by (+ unit): additive statistics, read once, batch by batch."""
     measured = _measured(agg)
     group = [*agg.by, *([agg.unit] if agg.unit else [])]
-    columns = list(dict.fromkeys([*group, *measured, *([agg.weight] if agg.weight else [])]))
+    columns = list(dict.fromkeys([*group, *measured, *([agg.weight] if agg.weight else []),
+                                  *([record_key] if record_key else [])]))
+    keyed = record_key is not None
     parts: list[pa.Table] = []
     held = 0
     parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER_BYTES)
     try:
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns, use_pandas_metadata=False):
-            part = _batch_partial(pa.Table.from_batches([batch]), agg, group, measured)
+            part = _batch_partial(pa.Table.from_batches([batch]), agg, group, measured, record_key)
             parts.append(part)
             held += part.num_rows
             if held > _COMPACT_ROWS and len(parts) > 1:
-                parts = [_group(pa.concat_tables(parts), group, measured)]
+                parts = [_group(pa.concat_tables(parts), group, measured, keyed)]
                 held = parts[0].num_rows
         if not parts:
             empty = pa.Table.from_batches([], schema=parquet.schema_arrow.empty_table().select(columns).schema)
-            parts = [_batch_partial(empty, agg, group, measured)]
+            parts = [_batch_partial(empty, agg, group, measured, record_key)]
     finally:
         parquet.close()
-    return _group(pa.concat_tables(parts), group, measured), measured
+    return _group(pa.concat_tables(parts), group, measured, keyed), measured
 
 
-def _unit_level(base: pa.Table, agg: Aggregate, group: list[str], measured: list[str]) -> pa.Table:
+def _unit_level(base: pa.Table, agg: Aggregate, group: list[str], measured: list[str], keyed: bool) -> pa.Table:
     """Cells of ``group`` from the (by, unit) table: units counted once, dominance over unit totals."""
     unit = agg.unit
     assert unit is not None
     per_unit = _grouped(base, [*group, unit], [("_n", "sum"), *((f"_s{i}", "sum") for i in range(len(measured))),
-                                               *((f"_nn{i}", "sum") for i in range(len(measured)))])
+                                               *((f"_nn{i}", "sum") for i in range(len(measured))),
+                                               *([("_rk", "max")] if keyed else [])])
     cols: dict[str, pa.Array] = {g: per_unit[g] for g in group}
     cols["_units"] = pa.array(np.ones(per_unit.num_rows, dtype=np.int64))
     cols["_n"] = per_unit["_n"]
@@ -169,9 +195,13 @@ def _unit_level(base: pa.Table, agg: Aggregate, group: list[str], measured: list
         cols[f"_nn{i}"] = per_unit[f"_nn{i}"]
         cols[f"_amax{i}"] = pc.abs(s)
         cols[f"_asum{i}"] = pc.abs(s)
+    if keyed:
+        cols["_rk"] = per_unit["_rk"]
     aggs = [("_units", "sum"), ("_n", "sum")]
     for i in range(len(measured)):
         aggs += [(f"_s{i}", "sum"), (f"_nn{i}", "sum"), (f"_amax{i}", "max"), (f"_asum{i}", "sum")]
+    if keyed:
+        aggs.append(("_rk", "sum"))  # the cell key: the sum of its units' record keys (mod 256 below)
     return _grouped(pa.table(cols), group, aggs)
 
 
@@ -179,24 +209,33 @@ def _unit_level(base: pa.Table, agg: Aggregate, group: list[str], measured: list
 class _Cell:
     key: tuple[tuple[str, Any], ...]  # per dimension: ("v", value) or ("T", None) for a summed-over dimension
     units: int
-    values: dict[str, float]  # grossed count, sums and means before rounding
+    values: dict[str, float]  # grossed count and sums before rounding; means are derived when published
     dominated: bool
     suppressed: bool = False
     primary: bool = False
     secondary: bool = False
+    nonempty: dict[str, float] = field(default_factory=dict)  # per averaged column: grossed non-empty values
+    magnitude: dict[str, tuple[float, float]] = field(default_factory=dict)  # per column: (largest unit, total)
+    cell_key: int | None = None
+    published_count: int | None = None
 
 
-def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) -> list[_Cell]:
-    base, measured = _base_table(path, agg, batch_rows)
+def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) -> tuple[list[_Cell], float]:
+    """The table's cells before protection, and the mean weight of a record (1 without weights)."""
+    record_key = record_key_column(agg.unit) if agg.cell_key and agg.unit else None
+    keyed = record_key is not None
+    base, measured = _base_table(path, agg, batch_rows, record_key)
     dims = list(agg.by)
     factor = 1.0 if agg.weight else (1.0 / fraction if fraction else 1.0)
     subsets = [list(s) for size in range(len(dims), -1, -1) for s in itertools.combinations(dims, size)]
     if not agg.with_margins:
         subsets = [dims]
+    total_rows = int(pc.sum(base["_n"]).as_py() or 0)
+    mean_weight = float(pc.sum(base["_w"]).as_py() or 0.0) / total_rows if agg.weight and total_rows else 1.0
     cells: list[_Cell] = []
     for subset in subsets:
         if agg.unit:
-            grouped = _unit_level(base, agg, subset, measured)
+            grouped = _unit_level(base, agg, subset, measured, keyed)
         elif subset == dims:
             grouped = base
         else:
@@ -208,6 +247,8 @@ def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) 
                 continue
             key = tuple(("v", row[d]) if d in subset else ("T", None) for d in dims)
             values: dict[str, float] = {}
+            nonempty: dict[str, float] = {}
+            magnitude: dict[str, tuple[float, float]] = {}
             dominated = False
             for kind, column in agg.kinds():
                 if kind == "count":
@@ -216,21 +257,29 @@ def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) 
                 assert column is not None  # sums and means name their column
                 i = measured.index(column)
                 total_abs = float(row[f"_asum{i}"] or 0.0)
-                if total_abs > 0 and float(row[f"_amax{i}"] or 0.0) > agg.dominance_share * total_abs:
+                largest = float(row[f"_amax{i}"] or 0.0)
+                magnitude[column] = (largest, total_abs)
+                if total_abs > 0 and largest > agg.dominance_share * total_abs:
                     dominated = True
-                if kind == "sum":
-                    values[f"sum_{column}"] = (float(row[f"_sw{i}"]) if agg.weight and not agg.unit
-                                               else float(row[f"_s{i}"]) * factor)
-                else:
-                    if agg.weight and not agg.unit:
-                        denominator = float(row[f"_nw{i}"])
-                        values[f"mean_{column}"] = (float(row[f"_sw{i}"]) / denominator if denominator
-                                                    else math.nan)
-                    else:
-                        nn = int(row[f"_nn{i}"])
-                        values[f"mean_{column}"] = float(row[f"_s{i}"]) / nn if nn else math.nan
-            cells.append(_Cell(key=key, units=units, values=values, dominated=dominated))
-    return cells
+                weighted = bool(agg.weight and not agg.unit)
+                total = float(row[f"_sw{i}"]) if weighted else float(row[f"_s{i}"]) * factor
+                nonempty[column] = float(row[f"_nw{i}"]) if weighted else int(row[f"_nn{i}"]) * factor
+                values[f"{kind}_{column}"] = total
+            cell = _Cell(key=key, units=units, values=values, dominated=dominated, nonempty=nonempty,
+                         magnitude=magnitude)
+            if keyed:
+                cell.cell_key = int(row["_rk"] or 0) % KEY_RANGE
+            cells.append(cell)
+    return cells, mean_weight
+
+
+def count_base(agg: Aggregate, fraction: float | None, mean_weight: float = 1.0) -> int:
+    """The base published counts are rounded to (module docstring, rule 5)."""
+    if agg.weight:
+        return agg.rounding_base * max(1, math.ceil(mean_weight - 1e-9))
+    if fraction and fraction < 1:
+        return agg.rounding_base * max(1, math.ceil(1.0 / fraction - 1e-9))
+    return agg.rounding_base
 
 
 # ----------------------------------------------------------------------------------- suppression
@@ -253,23 +302,211 @@ def _lines(cells: list[_Cell], ndims: int) -> list[tuple[list[int], int]]:
     return lines
 
 
-def secondary_suppression(cells: list[_Cell], ndims: int) -> int:
-    """Suppress more cells until no line has exactly one suppressed entry; returns how many were added."""
+def _shortfall(cells: list[_Cell], members: list[int], total: int, threshold: int, dominance: float) -> int | None:
+    """Units still missing for the line to be safe (0: safe; None: unsafe with nothing to add but the total)."""
+    suppressed = [i for i in members if cells[i].suppressed]
+    entries = len(suppressed) + cells[total].suppressed
+    if entries == 0:
+        return 0
+    if entries == 1:
+        return max(1, threshold - sum(cells[i].units for i in suppressed))
+    if cells[total].suppressed:
+        return 0
+    held = sum(cells[i].units for i in suppressed)
+    if held < threshold:
+        return threshold - held
+    for column in cells[total].magnitude:
+        largest = max((cells[i].magnitude.get(column, (0.0, 0.0))[0] for i in suppressed), default=0.0)
+        total_abs = sum(cells[i].magnitude.get(column, (0.0, 0.0))[1] for i in suppressed)
+        if total_abs > 0 and largest > dominance * total_abs:
+            return 1
+    return 0
+
+
+def secondary_suppression(cells: list[_Cell], ndims: int, threshold: int = 1, dominance: float = 1.0) -> int:
+    """Suppress more cells until every line is safe (module docstring, rule 3); returns how many were added."""
     lines = _lines(cells, ndims)
     added = 0
     changed = True
     while changed:
         changed = False
         for members, total in lines:
-            entries = [*members, total]
-            if sum(cells[i].suppressed for i in entries) != 1:
+            missing = _shortfall(cells, members, total, threshold, dominance)
+            if not missing:
                 continue
             open_members = [i for i in members if not cells[i].suppressed]
-            pick = min(open_members, key=lambda i: (cells[i].units, i)) if open_members else total
+            if open_members:
+                covering = [i for i in open_members if cells[i].units >= missing]
+                pick = (min(covering, key=lambda i: (cells[i].units, i)) if covering
+                        else max(open_members, key=lambda i: (cells[i].units, -i)))
+            elif not cells[total].suppressed:
+                pick = total
+            else:
+                continue
             cells[pick].suppressed = True
             cells[pick].secondary = True
             added += 1
             changed = True
+    return added
+
+
+# A table with suppressed cells and more cells than this is not audited (the LPs grow with it): it is refused, as
+# an unaudited table could be undone. Contracts then use fewer or coarser dimensions, or cell-key perturbation.
+AUDIT_MAX_CELLS = 20_000
+
+
+def _bounds(cells: list[_Cell], threshold: int, base: int, factor: float, weighted: bool) -> list[tuple[float, Any]]:
+    """What a recipient knows of each cell's units: published counts lie in their rounding interval (in units:
+    divided by the grossing factor) and at or above the threshold; withheld cells are non-empty."""
+    out: list[tuple[float, Any]] = []
+    for cell in cells:
+        if cell.suppressed or "count" not in cell.values or weighted:
+            out.append((1.0 if cell.suppressed else float(threshold), None))
+            continue
+        published = round_to_base(cell.values["count"], base)
+        out.append((max(float(threshold), (published - base / 2) / factor), (published + base / 2) / factor))
+    return out
+
+
+def _constraints(cells: list[_Cell], ndims: int, additive: bool) -> dict[str, Any]:
+    """The lines as sparse linear constraints on the cells' units (equalities for records; for distinct units a
+    total is at most the sum of its members and at least each of them). They never change; only bounds do."""
+    n = len(cells)
+    eq_rows: list[int] = []
+    eq_cols: list[int] = []
+    eq_vals: list[float] = []
+    ub_rows: list[int] = []
+    ub_cols: list[int] = []
+    ub_vals: list[float] = []
+    equalities = inequalities = 0
+    for members, total in _lines(cells, ndims):
+        if additive:
+            eq_rows += [equalities] * (len(members) + 1)
+            eq_cols += [*members, total]
+            eq_vals += [1.0] * len(members) + [-1.0]
+            equalities += 1
+            continue
+        ub_rows += [inequalities] * (len(members) + 1)  # total − Σ members ≤ 0
+        ub_cols += [*members, total]
+        ub_vals += [-1.0] * len(members) + [1.0]
+        inequalities += 1
+        for m in members:  # member − total ≤ 0
+            ub_rows += [inequalities, inequalities]
+            ub_cols += [m, total]
+            ub_vals += [1.0, -1.0]
+            inequalities += 1
+    out: dict[str, Any] = {"A_eq": None, "b_eq": None, "A_ub": None, "b_ub": None}
+    if equalities:
+        out["A_eq"] = sparse.csr_array((eq_vals, (eq_rows, eq_cols)), shape=(equalities, n))
+        out["b_eq"] = np.zeros(equalities)
+    if inequalities:
+        out["A_ub"] = sparse.csr_array((ub_vals, (ub_rows, ub_cols)), shape=(inequalities, n))
+        out["b_ub"] = np.zeros(inequalities)
+    return out
+
+
+def _solve(objective: np.ndarray, bounds: list[tuple[float, Any]], constraints: dict[str, Any]) -> Any:
+    """``linprog`` with HiGHS; when presolve cannot tell infeasible from unbounded, once more without it."""
+    result = linprog(objective, bounds=bounds, method="highs", **constraints)
+    if result.status not in (0, 3):
+        result = linprog(objective, bounds=bounds, method="highs", options={"presolve": False}, **constraints)
+    return result
+
+
+def _is_exposed(i: int, cells: list[_Cell], bounds: list[tuple[float, Any]], constraints: dict[str, Any],
+                agg: Aggregate) -> bool:
+    """Whether withheld cell ``i`` can be bounded too tightly by a recipient (an LP over every line).
+
+    Too tight: the interval of its possible units is narrower than one unit (its count is known), or a cell
+    below the threshold is proved to be below it (the recipient learns it is small). The true units are a
+    feasible point, so the lower bound is at most them: an upper bound at least one unit above the truth (and at
+    least the threshold, for a small cell) settles it with one LP; only otherwise is the lower bound solved.
+    """
+    objective = np.zeros(len(cells))
+    objective[i] = 1.0
+    true = float(cells[i].units)
+    high = _solve(-objective, bounds, constraints)
+    if high.status not in (0, 3):
+        raise ContractExtractsError(f"aggregate {agg.name}: the table's own constraints have no solution; "
+                                    "nothing is delivered")
+    upper = math.inf if high.status == 3 else -high.fun
+    if cells[i].units < agg.cell_threshold and upper < agg.cell_threshold - 1e-9:
+        return True
+    if upper >= true + 1 - 1e-9:
+        return False
+    low = _solve(objective, bounds, constraints)
+    if low.status != 0:
+        raise ContractExtractsError(f"aggregate {agg.name}: the table's own constraints have no solution; "
+                                    "nothing is delivered")
+    return bool(upper - low.fun < 1 - 1e-9)
+
+
+def _target(cell: _Cell, threshold: int) -> float:
+    """A withheld cell is safe once a feasible table gives it this many units: one more than the truth (so it
+    is not pinned: the truth is feasible too), and for a small cell at least the threshold."""
+    return float(max(cell.units + 1, threshold if cell.units < threshold else 0))
+
+
+def _unsettled(pending: list[int], cells: list[_Cell], bounds: list[tuple[float, Any]],
+               constraints: dict[str, Any], agg: Aggregate) -> list[int]:
+    """The cells of ``pending`` that no feasible table found here shows safe (``_target``).
+
+    One LP pushes all still-unsettled cells up at once (capped, so it has a solution); every cell that reaches its
+    target in that solution is settled, and the LP is repeated for the rest while it settles some. Only the cells
+    left need an LP of their own (``_is_exposed``).
+    """
+    targets = {i: _target(cells[i], agg.cell_threshold) for i in pending}
+    cap = float(sum(c.units for c in cells) + max(targets.values(), default=0.0) + 1)
+    capped = [(low, cap if high is None else high) for low, high in bounds]
+    remaining = set(pending)
+    while remaining:
+        objective = np.zeros(len(cells))
+        objective[list(remaining)] = -1.0
+        result = linprog(objective, bounds=capped, method="highs", **constraints)
+        if result.status != 0:
+            break
+        settled = {i for i in remaining if result.x[i] >= targets[i] - 1e-9}
+        if not settled:
+            break
+        remaining -= settled
+    return sorted(remaining)
+
+
+def interval_audit(cells: list[_Cell], agg: Aggregate, base: int, factor: float) -> int | None:
+    """Suppress more cells until no withheld cell is exposed (``_is_exposed``); returns how many were added, or
+    None when the table is too large to audit.
+
+    Withholding one more cell only widens what a recipient can infer about every other cell (its published
+    interval becomes unknown), so a cell found safe stays safe: after the first pass over every withheld cell,
+    only the exposed ones and the newly withheld ones are checked again.
+    """
+    if len(cells) > AUDIT_MAX_CELLS:
+        return None
+    lines = _lines(cells, len(agg.by))
+    constraints = _constraints(cells, len(agg.by), agg.unit is None)
+    added = 0
+    pending = [i for i, c in enumerate(cells) if c.suppressed]
+    while pending:
+        bounds = _bounds(cells, agg.cell_threshold, base, factor, bool(agg.weight))
+        unsettled = _unsettled(pending, cells, bounds, constraints, agg)
+        exposed = [i for i in unsettled if _is_exposed(i, cells, bounds, constraints, agg)]
+        if not exposed:
+            break
+        before = {i for i, c in enumerate(cells) if c.suppressed}
+        for i in exposed[:1]:  # one more cell at a time: it may settle the other exposed cells too
+            near = [j for members, total in lines if i in (*members, total) for j in (*members, total)]
+            open_near = [j for j in near if not cells[j].suppressed]
+            if not open_near:  # nothing left beside it: widen from any line that has a withheld cell
+                open_near = [j for members, total in lines if any(cells[m].suppressed for m in (*members, total))
+                             for j in (*members, total) if not cells[j].suppressed]
+            if not open_near:
+                raise ContractExtractsError(f"aggregate {agg.name}: a withheld cell stays exposed with every cell "
+                                            "withheld; nothing is delivered")
+            pick = min(open_near, key=lambda j: (sum(p[0] == "T" for p in cells[j].key), cells[j].units, j))
+            cells[pick].suppressed = cells[pick].secondary = True
+            added += 1
+        added += secondary_suppression(cells, len(agg.by), agg.cell_threshold, agg.dominance_share)
+        pending = exposed + [i for i, c in enumerate(cells) if c.suppressed and i not in before]
     return added
 
 
@@ -285,7 +522,7 @@ def recoverable(cells: list[_Cell], ndims: int) -> int:
 @dataclass
 class TableResult:
     table: pa.Table
-    summary: dict[str, Any]  # value-free: the rule applied and the cell counts
+    summary: dict[str, Any]  # value-free: the rule applied, the cell counts and the information loss
     cells: list[_Cell]
 
 
@@ -301,12 +538,7 @@ def output_schema(agg: Aggregate, source: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None,
-                batch_rows: int = 250_000) -> TableResult:
-    """Aggregate the staged dataset file ``path`` as ``agg`` asks, with every rule applied."""
-    source = pq.read_schema(path)
-    check_columns(agg, source)
-    cells = _cells(path, agg, fraction if fraction and fraction < 1 else None, batch_rows)
+def _protect_by_suppression(cells: list[_Cell], agg: Aggregate, base: int, factor: float) -> dict[str, Any]:
     small = dominated = 0
     for cell in cells:
         if cell.units < agg.cell_threshold:
@@ -315,7 +547,76 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None,
         elif cell.dominated:
             cell.suppressed = cell.primary = True
             dominated += 1
-    secondary = secondary_suppression(cells, len(agg.by)) if agg.with_margins else 0
+    secondary = (secondary_suppression(cells, len(agg.by), agg.cell_threshold, agg.dominance_share)
+                 if agg.with_margins else 0)
+    audited = interval_audit(cells, agg, base, factor) if agg.with_margins and any(c.suppressed for c in cells) else 0
+    if audited is None:
+        raise ContractError(f"aggregate {agg.name!r} has {len(cells)} cells with some withheld, more than the "
+                            f"{AUDIT_MAX_CELLS} whose protection can be audited; nothing is delivered",
+                            key=f"aggregates.{agg.name}.by",
+                            fix="use fewer or coarser dimensions, or protection: cell_key")
+    for cell in cells:
+        if not cell.suppressed and "count" in cell.values:
+            cell.published_count = round_to_base(cell.values["count"], base)
+    return {"suppressed_small": small, "suppressed_dominance": dominated,
+            "suppressed_secondary": secondary + (audited or 0), "interval_audit": audited is not None}
+
+
+def _protect_by_cell_key(cells: list[_Cell], ptable: PTable, factor: float) -> list[_Cell]:
+    """Perturb every cell's count by its cell key; cells perturbed to 0 are left out (returned: the rest)."""
+    kept = []
+    for cell in cells:
+        assert cell.cell_key is not None
+        perturbed = ptable.perturb(cell.units, cell.cell_key)
+        if perturbed == 0:
+            continue
+        cell.published_count = round(perturbed * factor)
+        kept.append(cell)
+    return kept
+
+
+def _published_values(cell: _Cell, agg: Aggregate, base: int) -> dict[str, Any]:
+    """What a cell publishes per measure (None when suppressed or undefined)."""
+    out: dict[str, Any] = {}
+    sums = {name: round(value, 2) for name, value in cell.values.items() if name.startswith("sum_")}
+    for kind, column in agg.kinds():
+        if cell.suppressed:
+            out["count" if kind == "count" else f"{kind}_{column}"] = None
+        elif kind == "count":
+            out["count"] = cell.published_count
+        elif kind == "sum":
+            out[f"sum_{column}"] = sums[f"sum_{column}"]
+        else:
+            assert column is not None
+            nonempty = round_to_base(cell.nonempty[column], base)
+            total = sums.get(f"sum_{column}", round(cell.values[f"mean_{column}"], 2))
+            out[f"mean_{column}"] = round(total / nonempty, 2) if nonempty else None
+    return out
+
+
+def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None, batch_rows: int = 250_000,
+                ptable: PTable | None = None) -> TableResult:
+    """Aggregate the staged dataset file ``path`` as ``agg`` asks, with its protection applied."""
+    source = pq.read_schema(path)
+    check_columns(agg, source)
+    if agg.cell_key and (agg.unit is None or record_key_column(agg.unit) not in source.names):
+        raise ContractExtractsError(f"aggregate {agg.name}: the staged data holds no record keys for its unit, so "
+                                    "cell-key perturbation cannot run; nothing is delivered. Fix: run the delivery "
+                                    "again from the extract")
+    sampled = fraction if fraction and fraction < 1 else None
+    cells, mean_weight = _cells(path, agg, sampled, batch_rows)
+    factor = 1.0 if agg.weight else (1.0 / sampled if sampled else 1.0)
+    all_cells = list(cells)
+    counts: dict[str, Any] = {"suppressed_small": 0, "suppressed_dominance": 0, "suppressed_secondary": 0,
+                              "interval_audit": False}
+    table_ptable = None
+    if agg.cell_key:
+        table_ptable = ptable or DEFAULT_PTABLE
+        base = 1
+        cells = _protect_by_cell_key(cells, table_ptable, factor)
+    else:
+        base = count_base(agg, sampled, mean_weight)
+        counts = _protect_by_suppression(cells, agg, base, factor)
     order = sorted(range(len(cells)), key=lambda i: (sum(p[0] == "T" for p in cells[i].key),
                                                     [(p[0], _sortable(p[1])) for p in cells[i].key]))
     cells = [cells[i] for i in order]
@@ -325,30 +626,63 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None,
         for d, part in zip(agg.by, cell.key, strict=True):
             columns[d].append(part[1] if part[0] == "v" else None)
         columns[TOTAL_OVER].append(",".join(d for d, part in zip(agg.by, cell.key, strict=True) if part[0] == "T"))
-        for name, value in cell.values.items():
-            if cell.suppressed or (isinstance(value, float) and math.isnan(value)):
-                columns[name].append(None)
-            elif name == "count":
-                columns[name].append(round_to_base(value, agg.rounding_base))
-            else:
-                columns[name].append(round(value, 2))
+        for name, value in _published_values(cell, agg, base).items():
+            columns[name].append(None if isinstance(value, float) and math.isnan(value) else value)
         columns[SUPPRESSED].append(cell.suppressed)
     table = pa.table({f.name: pa.array(columns[f.name], f.type) for f in schema}, schema=schema)
     grossed: dict[str, Any] | None = None
     if agg.weight:
         grossed = {"by": "weight", "column": agg.weight}
-    elif fraction and fraction < 1:
-        grossed = {"by": "inverse sampling fraction", "factor": round(1.0 / fraction, 6)}
+    elif sampled:
+        grossed = {"by": "inverse sampling fraction", "factor": round(factor, 6)}
     summary = {
         "name": agg.name, "dataset": agg.dataset, "by": list(agg.by), "unit": agg.unit or "record",
         "measures": [k if c is None else f"{k}_{c}" for k, c in agg.kinds()],
         "margins": agg.with_margins, "threshold": agg.cell_threshold, "rounding": agg.rounding_base,
         "dominance": agg.dominance_share, "grossed": grossed,
-        "cells": len(cells), "published": sum(not c.suppressed for c in cells),
-        "suppressed_small": small, "suppressed_dominance": dominated, "suppressed_secondary": secondary,
-        "rows": table.num_rows,
+        "cells": len(all_cells), "published": sum(not c.suppressed for c in cells),
+        **counts, "rows": table.num_rows,
+        "protection": "cell_key" if agg.cell_key else "suppression",
+        "count_rounding": base,
+        "ptable": None if table_ptable is None else table_ptable.to_dict(),
+        "information_loss": information_loss(all_cells, agg, base, factor, table_ptable),
     }
     return TableResult(table=table, summary=summary, cells=cells)
+
+
+def information_loss(cells: list[_Cell], agg: Aggregate, base: int, factor: float,
+                     ptable: PTable | None) -> dict[str, Any]:
+    """How far published counts are from the true (grossed) counts.
+
+    ``expected_*`` follow from the method's public parameters alone (safe to publish); ``realised_*`` are
+    measured on this table's cells (for the operator only: with a few cells they would narrow the truth).
+    A withheld cell (suppressed, or left out as perturbed to 0) deviates by its whole true count.
+    """
+    deviations: list[float] = []
+    withheld = 0
+    for cell in cells:
+        if "count" not in cell.values:
+            continue
+        truth = cell.values["count"]
+        if cell.suppressed or cell.published_count is None:
+            deviations.append(truth)
+            withheld += 1
+        else:
+            deviations.append(abs(cell.published_count - truth))
+    published = [d for d, c in zip(deviations, (c for c in cells if "count" in c.values), strict=True)
+                 if not (c.suppressed or c.published_count is None)]
+    if ptable is not None:
+        expected = {"expected_absolute_deviation": round(ptable.expected_absolute_noise * factor, 6),
+                    "max_absolute_deviation": round(ptable.max_noise * factor, 6)}
+    else:
+        expected = {"expected_absolute_deviation": round(base / 4, 6), "max_absolute_deviation": base / 2}
+    return {
+        "method": "cell_key" if ptable is not None else "suppression",
+        "cells": len(deviations), "withheld": withheld, **expected,
+        "realised_mean_absolute_deviation": round(sum(deviations) / len(deviations), 6) if deviations else 0.0,
+        "realised_mean_absolute_deviation_published": (round(sum(published) / len(published), 6)
+                                                        if published else 0.0),
+    }
 
 
 def _sortable(value: object) -> tuple[bool, object]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from masking.column_plans import ColumnPlan, filter_rows, mask_batch, output_sch
 from masking.hashing import HashPool
 from masking.keys import ContractKeys
 from masking.progress import RowProgress
+from masking.record_keys import RecordKeyPlan, output_fields, plan_record_keys, record_key_secret, with_record_keys
 from masking.row_order import KeyedOrderWriter
 from masking.sampling import SampleDraw, SampleResult, keep_mask, ranks
 
@@ -58,6 +59,25 @@ class PlannedDataset:
     rows: int = 0
     # Keeps only rows of the contract's population (``extract.population``); already part of ``query``.
     population_clause: sa.ColumnElement[bool] | None = None
+    # Staging-only record keys for cell-key tables (``masking.record_keys``), and the source's secret for them.
+    record_keys: tuple[RecordKeyPlan, ...] = ()
+    record_key_secret: bytes | None = field(default=None, repr=False)
+
+    @property
+    def staged_schema(self) -> pa.Schema:
+        """The staged file's schema: the masked columns, then any record-key columns."""
+        return pa.schema([*output_schema(self.plans), *output_fields(self.record_keys)])
+
+
+def attach_record_keys(planned: list[PlannedDataset], contract: Contract, master: bytes) -> None:
+    """Give every dataset that feeds a cell-key table its record-key plan and the source's record-key secret."""
+    plans = plan_record_keys(contract)
+    if not plans:
+        return
+    secret = record_key_secret(master, contract.source.connection)
+    for item in planned:
+        item.record_keys = plans.get(item.name, ())
+        item.record_key_secret = secret if item.record_keys else None
 
 
 def plan_extract(engine: sa.Engine, contract: Contract, *, file: str | None,
@@ -153,7 +173,10 @@ def masked_batches(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, 
         if sample is not None and entity is not None:  # entity is set whenever sample is (checked above)
             valid, batch_ranks = _ranks(batch, item, keys, entity, pool)
             batch = filter_rows(batch, valid, keep_mask(batch_ranks, sample.limit))
-        yield mask_batch(batch, item.plans, keys, pool=pool)
+        masked = mask_batch(batch, item.plans, keys, pool=pool)
+        if item.record_keys and item.record_key_secret is not None:
+            masked = with_record_keys(batch, masked, item.record_keys, item.record_key_secret, pool)
+        yield masked
 
 
 def _sample_column(item: PlannedDataset) -> str:
@@ -186,7 +209,7 @@ def write_masked(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, pa
     (``contracts.catalogue.statistics_columns``); True: all, False: none.
     """
     rows = 0
-    schema = output_schema(item.plans)
+    schema = item.staged_schema
     # Share done and ETA only where the source's estimate counts what this pass reads: the whole table.
     progress = RowProgress(item.name, estimate=None if where is not None else _estimate(engine, item.table,
                                                                                          item.query))

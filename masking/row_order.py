@@ -153,7 +153,8 @@ def _sorted(table: pa.Table) -> pa.Table:
 
 
 class _Gatherer:
-    """Collects sorted tables (already in global rank order) into row groups of about ROW_GROUP_ROWS rows."""
+    """Collects sorted tables (already in global rank order) into row groups of ROW_GROUP_ROWS rows (the last
+    one smaller), whether they come from one table held in memory or from many buckets."""
 
     def __init__(self, writer: pq.ParquetWriter, schema: pa.Schema) -> None:
         self._writer = writer
@@ -164,8 +165,12 @@ class _Gatherer:
     def add(self, table: pa.Table) -> None:
         self._tables.append(table.drop_columns([RANK_COLUMN]))
         self._rows += table.num_rows
-        if self._rows >= ROW_GROUP_ROWS:
-            self.flush()
+        size = ROW_GROUP_ROWS
+        if self._rows >= size:
+            gathered = pa.concat_tables(self._tables)
+            whole = self._rows // size * size
+            self._writer.write_table(gathered.slice(0, whole).cast(self._schema), row_group_size=size)
+            self._tables, self._rows = [gathered.slice(whole)], self._rows - whole
 
     def flush(self) -> None:
         if self._rows:

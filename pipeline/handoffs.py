@@ -223,7 +223,7 @@ def partition_done_xcom(task: PartitionTask, rows: int) -> dict[str, Any]:
 
 def disclosure_xcom(result: DisclosureResult) -> dict[str, Any]:
     return {"assessed": result.assessed,
-            "datasets": [{"name": d.name, "k_anonymity": d.after.k_anonymity,
+            "datasets": [{"name": d.name, "k_anonymity": d.after.enforced_k_anonymity,
                           "suppressed_records": d.treatment.suppressed_records} for d in result.datasets],
             "aggregates": [{"name": a.name, "cells": a.cells, "published": a.published} for a in result.aggregates]}
 

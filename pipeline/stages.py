@@ -430,6 +430,7 @@ class Pipeline:
         try:
             planned = masking_engine.plan_extract(engine, contract, file=str(self.ctx.contract_path),
                                                   reference_date=reference_date, population=population)
+            masking_engine.attach_record_keys(planned, contract, master.secret)  # cell-key tables only
         except BaseException:
             engine.dispose()
             raise

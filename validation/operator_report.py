@@ -32,6 +32,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader
 
 from core.errors import ConfigError, value_free
 from core.paths import make_private_dir, safe_segment
+from disclosure.report import risk_report_html
 from validation.gx_adapter import import_gx
 from validation.model import ExpectationOutcome, ValidationSummary
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPORT_INDEX = "index.html"
+DISCLOSURE_DOCUMENT = "disclosure.json"
 _TEMPLATES = Path(__file__).with_name("report_templates")
 # What the browser may do with a report page: show it with its inline styles, nothing else.
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'"
@@ -147,14 +149,14 @@ def render_report(folder: Path, summaries: list[ValidationSummary], *, contract:
         page: str = view.render(renderer.render(_suite_result(summary, contract, delivery)))  # type: ignore[no-untyped-call]  # GX leaves render() unannotated
         _write_private(folder / name, self_contained(page))
         links.append((summary, name))
-    for file_name, document in (documents or {}).items():
-        _write_private(folder / file_name, json.dumps(document, indent=2, sort_keys=True))
+    write_documents(folder, documents or {})
     rows = "".join(
         f"<tr><td><a href=\"{html.escape(name)}\">{html.escape(s.dataset)}</a></td>"
         f"<td>{'passed' if s.success else 'FAILED'}</td><td>{len(s.expectations)}</td>"
         f"<td>{len(s.failures())}</td><td>{html.escape(', '.join(sorted({f.expectation for f in s.failures()})))}"
         "</td></tr>" for s, name in links)
     extra = "".join(f"<li><a href=\"{html.escape(n)}\">{html.escape(n)}</a></li>" for n in (documents or {}))
+    risk = risk_report_html((documents or {})[DISCLOSURE_DOCUMENT]) if DISCLOSURE_DOCUMENT in (documents or {}) else ""
     index = (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<meta http-equiv=\"Content-Security-Policy\" content=\"{REPORT_CSP}\">"
@@ -167,16 +169,26 @@ def render_report(folder: Path, summaries: list[ValidationSummary], *, contract:
         "thresholds only: no data values.</p>"
         "<table border=\"1\" cellpadding=\"4\"><tr><th>Dataset</th><th>Result</th><th>Expectations</th>"
         f"<th>Failed</th><th>Failing expectations</th></tr>{rows}</table>"
-        + (f"<h2>Summaries</h2><ul>{extra}</ul>" if extra else "") + "</main></div></body></html>")
+        + risk + (f"<h2>Summaries</h2><ul>{extra}</ul>" if extra else "") + "</main></div></body></html>")
     index_path = folder / REPORT_INDEX
     _write_private(index_path, index)
     return index_path
+
+
+def _page(title: str, body: str) -> str:
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{REPORT_CSP}\">"
+            f"<meta name=\"referrer\" content=\"no-referrer\"><title>{html.escape(title)}</title>"
+            f"<style>{(_TEMPLATES / 'offline_report.css').read_text(encoding='utf-8')}</style></head>"
+            f"<body><div class=\"report\"><main>{body}</main></div></body></html>")
 
 
 def write_documents(folder: Path, documents: dict[str, dict[str, Any]]) -> None:
     """Value-free JSON documents (e.g. a blocked disclosure report) into the report folder, 0600."""
     for file_name, document in documents.items():
         _write_private(folder / _page_name(file_name), json.dumps(document, indent=2, sort_keys=True))
+    if DISCLOSURE_DOCUMENT in documents:  # the same risk report as the index page, readable without one
+        _write_private(folder / "risk.html", _page("Disclosure risk", risk_report_html(documents[DISCLOSURE_DOCUMENT])))
 
 
 def operator_report(home: Path, contract: str, delivery: str, documents: dict[str, dict[str, Any]],

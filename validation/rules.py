@@ -200,12 +200,18 @@ def delivery_rules(contract: Contract, state: dict[str, Any], disclosure_doc: di
         for c in a["schema"]:
             table_domains: list[Domain] = []
             if c["name"] == "count":
-                table_domains.append(Domain("multiple_of", base=float(a["rounding"])))
                 grossed = a.get("grossed")
-                if not grossed or grossed.get("by") != "weight":
-                    factor = float(grossed["factor"]) if grossed else 1.0
-                    table_domains.append(Domain("between",
-                                                min_value=round_to_base(a["threshold"] * factor, a["rounding"])))
+                factor = float(grossed["factor"]) if grossed and grossed.get("by") != "weight" else 1.0
+                if a.get("protection") == "cell_key":  # perturbed: never 1 … smallest-1 (docs/disclosure.md)
+                    smallest = int((a.get("ptable") or {}).get("smallest_published", 1))
+                    if not grossed or grossed.get("by") != "weight":
+                        table_domains.append(Domain("between", min_value=float(math.floor(smallest * factor))))
+                else:
+                    base = int(a.get("count_rounding") or a["rounding"])  # grossed tables: a coarser base
+                    table_domains.append(Domain("multiple_of", base=float(base)))
+                    if not grossed or grossed.get("by") != "weight":
+                        table_domains.append(Domain("between",
+                                                    min_value=round_to_base(a["threshold"] * factor, base)))
             columns.append(ColumnRule(name=c["name"], type=c["type"], domains=tuple(table_domains),
                                       leak="substring" if _is_string(c["type"]) else None))
         datasets.append(DatasetRules(dataset=a["name"], columns=tuple(columns), min_rows=0,

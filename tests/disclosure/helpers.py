@@ -13,6 +13,14 @@ def compatible(r: tuple, s: tuple) -> bool:
     return all(a is None or b is None or a == b for a, b in zip(r, s, strict=True))
 
 
+def true_key_count(real: tuple, published: list[tuple]) -> int:
+    """Published records an intruder who knows a target's real values cannot rule out: each value equal or null.
+
+    A real value that is missing (None) matches only a published null.
+    """
+    return sum(all(p is None or (r is not None and p == r) for r, p in zip(real, s, strict=True)) for s in published)
+
+
 def brute_force(keys: list[tuple], sensitive: list | None = None) -> tuple[list[int], list[int]]:
     """(f per record, distinct non-null sensitive values among compatible records, per record)."""
     f = [sum(compatible(r, s) for s in keys) for r in keys]

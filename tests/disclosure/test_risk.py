@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from disclosure.risk import build_classes, measure, population_estimates
-from tests.disclosure.helpers import brute_force, write
+from disclosure.risk import Classes, build_classes, measure, population_estimates
+from tests.disclosure.helpers import brute_force, true_key_count, write
 
 ROWS = st.lists(st.tuples(st.sampled_from([None, 1970, 1971, 1980]),
                           st.sampled_from([None, "north", "south"]),
@@ -85,3 +85,41 @@ def test_measures_on_a_sample_report_population_estimates(tmp_path: Path) -> Non
     assert m.population is not None and m.population["fraction"] == 0.5
     assert "dis" in m.population and m.to_dict()["population"] == m.population
     assert measure(build_classes(path, ["a"]), 3).population is None  # a 100% extract
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=ROWS, k=st.integers(2, 6), l=st.integers(2, 3),
+       drop=st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=40, max_size=40))
+def test_true_key_view_matches_the_intruder(rows: list[tuple], k: int, l: int, drop: list) -> None:  # noqa: E741
+    """Published = real values with some nulled; the true-key view counts what an intruder with the real values sees."""
+    real = [r[:3] for r in rows]
+    published = [tuple(None if gone else v for v, gone in zip(r, d, strict=True))
+                 for r, d in zip(real, drop, strict=False)]
+    with tempfile.TemporaryDirectory() as tmp:
+        columns = {"year": [r[0] for r in real], "region": [r[1] for r in real], "sex": [r[2] for r in real],
+                   "benefit": [r[3] for r in rows]}
+        types = {"year": pa.int32(), "region": pa.string(), "sex": pa.string(), "benefit": pa.string()}
+        real_path = write(Path(tmp), columns, types, name="real.parquet")
+        both = build_classes(real_path, ["year", "region", "sex"], ["benefit"])
+        # One row per record: its real codes and its published codes (nulls where dropped).
+        codes = []
+        for r, p in zip(real, published, strict=True):
+            codes.append([(-1 if v is None else both.dictionaries[j].to_pylist().index(v)) for j, v in enumerate(r)]
+                         + [(-1 if v is None else both.dictionaries[j].to_pylist().index(v)) for j, v in enumerate(p)])
+        arr = np.asarray(codes, dtype=np.int64).reshape(len(rows), 6)
+        benefit = [r[3] for r in rows]
+        values = sorted({b for b in benefit if b is not None})
+        pairs = np.asarray([[*arr[i, 3:], values.index(b)] for i, b in enumerate(benefit) if b is not None],
+                           dtype=np.int64).reshape(-1, 4)
+        pub = Classes(both.key, both.dictionaries, arr[:, 3:], np.ones(len(rows), dtype=np.int64), {"benefit": pairs})
+        view = measure(pub, k, l=l, real=arr[:, :3]).true_key
+    assert view is not None
+    c = [true_key_count(t, published) for t in real]
+    assert view.k_anonymity == (min(c) if c else None)
+    assert view.records_below_k == sum(x < k for x in c)
+    assert view.uniques == sum(x == 1 for x in c)
+    f, _ = brute_force(published)
+    assert all(ci <= fi for ci, fi in zip(c, f, strict=True)), "the true-key view is never laxer than the wildcard"
+    div = [len({b for p, b in zip(published, benefit, strict=True) if b is not None and true_key_count(t, [p])})
+           for t in real]
+    assert view.records_below_l == sum(d < l for d in div)

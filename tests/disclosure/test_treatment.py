@@ -16,7 +16,7 @@ from contracts.disclosure import BandHierarchy, MapHierarchy
 from core.errors import ContractError, DataError
 from disclosure.risk import build_classes, measure
 from disclosure.treatment import apply_plan, generalise, plan_treatment, suppress
-from tests.disclosure.helpers import brute_force, write
+from tests.disclosure.helpers import brute_force, true_key_count, write
 
 
 def treat(path: Path, key: list[str], k: int, *, ceiling: float = 1.0, l: int | None = None,  # noqa: E741
@@ -63,6 +63,18 @@ def test_treatment_always_reaches_k_and_l_or_says_it_cannot(rows, k, l) -> None:
         assert min(f) >= k
         if l is not None:
             assert min(ls) >= l
+        # The intruder who knows every target's real values: at least k candidates, with at least l values.
+        for target in before:
+            assert true_key_count(target, keys) >= k
+            if l is not None:
+                assert len({v for p, v in zip(keys, table.column("s").to_pylist(), strict=True)
+                            if true_key_count(target, [p])}) >= l
+        after = measure(build_classes(path, ["a", "b"], ["s"]), k, l=l)
+        assert after.records_below_k == 0
+        assert plan.suppression.classes.counts.sum() == len(rows)
+        true_view = measure(plan.suppression.classes, k, l=l, real=plan.suppression.real).true_key
+        assert true_view is not None and true_view.records_below_k == 0
+        assert true_view.k_anonymity == min(true_key_count(t, keys) for t in before)
         # Only key values were nulled; nothing else changed.
         assert table.column("s").to_pylist() == [r[2] for r in rows]
         for old, new in zip(before, keys, strict=True):
@@ -71,13 +83,21 @@ def test_treatment_always_reaches_k_and_l_or_says_it_cannot(rows, k, l) -> None:
 
 
 def test_suppression_prefers_the_value_that_makes_the_record_safe(tmp_path: Path) -> None:
-    # One outlier (region 'z') among 10 records that share year 1970: suppressing region makes it safe.
+    # One outlier (region 'z') among 10 records that share year 1970. Suppressing its region alone looks safe with
+    # nulls as wildcards (its null matches the 9 others), but an intruder who knows the target is (1970, z) finds
+    # exactly one published record it can be: the one with a null region. So the outlier's group is filled up to
+    # k with 4 neighbours whose region is suppressed too (split off the (1970, x) class), and nothing else changes.
     years = [1970] * 10 + [1980] * 10
     regions = ["x"] * 9 + ["z"] + ["y"] * 10
     path = write(tmp_path, {"year": years, "region": regions})
-    _base, plan = treat(path, ["year", "region"], 5)
-    assert plan.suppression.records == 1
-    assert plan.suppression.cells() == {"year": 0, "region": 1}
+    base, plan = treat(path, ["year", "region"], 5)
+    assert plan.suppression.records == 5
+    assert plan.suppression.cells() == {"year": 0, "region": 5}
+    apply_plan(path, plan, base)
+    published = list(zip(*(pq.read_table(path).column(c).to_pylist() for c in ("year", "region")), strict=True))
+    assert sorted(published, key=str).count((1970, None)) == 5
+    for target in set(zip(years, regions, strict=True)):  # the intruder, with each target's real values
+        assert true_key_count(target, published) >= 5
 
 
 def test_ceiling_blocks(tmp_path: Path) -> None:
