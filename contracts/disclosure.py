@@ -352,8 +352,25 @@ def disclosure_problems(contract: Contract) -> list[tuple[str, str]]:
         if agg.cell_key and agg.unit in dataset.columns and not isinstance(dataset.columns[agg.unit], Pseudonymise):
             problems.append((f"{key}.unit", f"protection cell_key derives each unit's record key from {agg.unit!r}, "
                                             "which must be a pseudonymised column (e.g. unit: nino)"))
+    problems += _mixed_protection(aggregates)
     if not delivers_microdata(contract) and not aggregates:
         problems.append(("microdata", "microdata: false needs at least one table under 'aggregates'"))
+    return problems
+
+
+def _mixed_protection(aggregates: list[Aggregate]) -> list[tuple[str, str]]:
+    """The tables of one dataset share one protection. Their cells overlap (margins, grand totals, a known sample
+    size): a cell-key table would publish, perturbed, a cell a suppression table withholds (or show it is small by
+    leaving it out), and a rounded count would tell the noise of a perturbed one."""
+    problems: list[tuple[str, str]] = []
+    first: dict[str, tuple[int, Aggregate]] = {}
+    for i, agg in enumerate(aggregates):
+        j, other = first.setdefault(agg.dataset, (i, agg))
+        if other.cell_key != agg.cell_key:
+            problems.append((f"aggregates[{i}].protection",
+                             f"{agg.name!r} and {other.name!r} (aggregates[{j}]) are tables of dataset {agg.dataset!r} "
+                             "under different protections (suppression and cell_key): their cells overlap, and one "
+                             "would undo the other. Protect every table of a dataset the same way"))
     return problems
 
 

@@ -8,7 +8,7 @@ from disclosure.assess import ledger_details, run_disclosure, sample_fraction, s
 from disclosure.report import codebook_lines, column_notes, manifest_section, package_files
 from disclosure.result import FORMAT, DisclosureResult
 from disclosure.risk import Classes, Measures, build_classes, measure
-from disclosure.tables import build_table
+from disclosure.tables import build_table, build_tables
 from disclosure.treatment import DisclosureBlocked, apply_plan, plan_treatment
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "apply_plan",
     "build_classes",
     "build_table",
+    "build_tables",
     "codebook_lines",
     "column_notes",
     "ledger_details",

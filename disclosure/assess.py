@@ -68,7 +68,7 @@ from disclosure.result import (
     TableColumn,
 )
 from disclosure.risk import Classes, Measures, build_classes, measure
-from disclosure.tables import SUPPRESSED, TOTAL_OVER, TableResult, build_table, write_table
+from disclosure.tables import SUPPRESSED, TOTAL_OVER, TableResult, build_tables, write_table
 from disclosure.treatment import (
     DisclosureBlocked,
     Plan,
@@ -191,9 +191,7 @@ def _aggregate_table(result: TableResult, file: str) -> AggregateTable:
         information_loss=InformationLoss.from_dict(s["information_loss"]), interval_audit=s["interval_audit"])
 
 
-def _build_aggregate(agg: Aggregate, source: StagedDataset, staging: Path, fraction: float | None,
-                     batch_rows: int) -> AggregateTable:
-    result = build_table(staging / source.file, agg, fraction=fraction, batch_rows=batch_rows)
+def _write_aggregate(agg: Aggregate, result: TableResult, staging: Path) -> AggregateTable:
     file = f"data/{agg.name}.parquet"
     write_table(result, staging / file)
     table = _aggregate_table(result, file)
@@ -218,13 +216,16 @@ def run_disclosure(contract: Contract, staging: Path, extract: ExtractResult, *,
     assessed = bool(disclosure and (disclosure.key_columns) and microdata)
 
     # 1. Aggregate tables, from the masked (untreated) microdata.
-    aggregates: list[AggregateTable] = []
+    #    Tables of one dataset are protected together (an intruder combines them: tables.build_tables).
+    specs: list[tuple[Path, Aggregate]] = []
     for agg in contract_aggregates(contract):
         source = extract.dataset(agg.dataset)
         if source is None:
             raise ContractError(f"aggregate {agg.name!r} needs dataset {agg.dataset!r}, which was not extracted",
                                 key=f"aggregates.{agg.name}.dataset")
-        aggregates.append(_build_aggregate(agg, source, staging, fraction, batch_rows))
+        specs.append((staging / source.file, agg))
+    results = build_tables(specs, fraction=fraction, batch_rows=batch_rows)
+    aggregates = [_write_aggregate(agg, result, staging) for (_path, agg), result in zip(specs, results, strict=True)]
 
     # 2. Microdata: assess, plan every dataset first (nothing is rewritten if any is blocked), apply.
     settings = None

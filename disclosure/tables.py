@@ -23,13 +23,21 @@ Two protections (``protection``, docs/disclosure.md):
    smallest that covers what is missing, else the largest; the total when no member is left). Lines
    are revisited until all pass (suppressions only grow, so this ends). Cells absent from the table
    are empty (zero) and never suppressed.
+   An interval audit by linear programming then withholds more until no withheld cell can be pinned
+   or proved small from all lines at once. Margins a table does not list (``margins: false``) take
+   part as unknowns, and a grossed table's grand total counts as known exactly (the manifest gives the
+   sample's size). The tables of one delivery over one dataset, unit and weight are then protected
+   together (``build_tables``): merged into one table over all their dimensions, so no combination of
+   them undoes a withheld cell.
 4. **Grossing.** For a sample, counts and sums are multiplied by the inverse sampling fraction f (or
    summed over a ``weight`` column); the threshold always applies to unweighted units.
 5. **Rounding.** Published counts are rounded to the nearest multiple of the *count base*, each cell
    independently (halves up): ``rounding`` (default 5) for unweighted tables, ``rounding × ⌈f⌉`` for
    grossed ones (``rounding × ⌈mean weight⌉`` with weights), so that every published grossed count
    is consistent with at least ``rounding`` different sample counts, as an unweighted rounded count
-   is; otherwise count = grossed / f would give the sample count back. Sums are rounded to 2
+   is; otherwise count = grossed / f would give the sample count back. A grossed cell near the
+   threshold whose rounded count leaves a single sample count at or above the threshold is withheld
+   as a small one (``pinned_at_threshold``). Sums are rounded to 2
    decimals. A mean is *derived from published figures*: its published sum divided by the rounded
    (grossed) number of non-empty values, so sum / mean gives back only a rounded count, never the
    exact one.
@@ -218,6 +226,12 @@ class _Cell:
     magnitude: dict[str, tuple[float, float]] = field(default_factory=dict)  # per column: (largest unit, total)
     cell_key: int | None = None
     published_count: int | None = None
+    # Cross-table audit only: what the tables publishing this cell tell together (its units' interval).
+    known: tuple[float, float] | None = None
+    # A margin the table does not list (margins: false): an unknown the audit reasons with, never published.
+    implicit: bool = False
+    # Known exactly to a recipient whatever is published: the grand total (the population or sample size).
+    fixed: bool = False
 
 
 def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) -> tuple[list[_Cell], float]:
@@ -228,8 +242,6 @@ def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) 
     dims = list(agg.by)
     factor = 1.0 if agg.weight else (1.0 / fraction if fraction else 1.0)
     subsets = [list(s) for size in range(len(dims), -1, -1) for s in itertools.combinations(dims, size)]
-    if not agg.with_margins:
-        subsets = [dims]
     total_rows = int(pc.sum(base["_n"]).as_py() or 0)
     mean_weight = float(pc.sum(base["_w"]).as_py() or 0.0) / total_rows if agg.weight and total_rows else 1.0
     cells: list[_Cell] = []
@@ -266,7 +278,8 @@ def _cells(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int) 
                 nonempty[column] = float(row[f"_nw{i}"]) if weighted else int(row[f"_nn{i}"]) * factor
                 values[f"{kind}_{column}"] = total
             cell = _Cell(key=key, units=units, values=values, dominated=dominated, nonempty=nonempty,
-                         magnitude=magnitude)
+                         magnitude=magnitude, implicit=not agg.with_margins and subset != dims)
+            cell.suppressed = cell.implicit  # unknown to a recipient
             if keyed:
                 cell.cell_key = int(row["_rk"] or 0) % KEY_RANGE
             cells.append(cell)
@@ -304,17 +317,22 @@ def _lines(cells: list[_Cell], ndims: int) -> list[tuple[list[int], int]]:
 
 def _shortfall(cells: list[_Cell], members: list[int], total: int, threshold: int, dominance: float) -> int | None:
     """Units still missing for the line to be safe (0: safe; None: unsafe with nothing to add but the total)."""
-    suppressed = [i for i in members if cells[i].suppressed]
-    entries = len(suppressed) + cells[total].suppressed
+    if cells[total].implicit and not cells[total].fixed:
+        return 0  # nothing published to difference against
+    suppressed = [i for i in members if cells[i].suppressed and not cells[i].fixed]
+    hidden_total = cells[total].suppressed and not cells[total].fixed
+    entries = len(suppressed) + hidden_total
     if entries == 0:
         return 0
     if entries == 1:
         return max(1, threshold - sum(cells[i].units for i in suppressed))
-    if cells[total].suppressed:
+    if hidden_total:
         return 0
     held = sum(cells[i].units for i in suppressed)
     if held < threshold:
         return threshold - held
+    if cells[total].suppressed:
+        return 0  # its count is known, its sums are not published
     for column in cells[total].magnitude:
         largest = max((cells[i].magnitude.get(column, (0.0, 0.0))[0] for i in suppressed), default=0.0)
         total_abs = sum(cells[i].magnitude.get(column, (0.0, 0.0))[1] for i in suppressed)
@@ -339,7 +357,7 @@ def secondary_suppression(cells: list[_Cell], ndims: int, threshold: int = 1, do
                 covering = [i for i in open_members if cells[i].units >= missing]
                 pick = (min(covering, key=lambda i: (cells[i].units, i)) if covering
                         else max(open_members, key=lambda i: (cells[i].units, -i)))
-            elif not cells[total].suppressed:
+            elif not cells[total].suppressed and not cells[total].fixed:
                 pick = total
             else:
                 continue
@@ -360,6 +378,12 @@ def _bounds(cells: list[_Cell], threshold: int, base: int, factor: float, weight
     divided by the grossing factor) and at or above the threshold; withheld cells are non-empty."""
     out: list[tuple[float, Any]] = []
     for cell in cells:
+        if cell.fixed:
+            out.append((float(cell.units), float(cell.units)))
+            continue
+        if not cell.suppressed and cell.known is not None:
+            out.append(cell.known)
+            continue
         if cell.suppressed or "count" not in cell.values or weighted:
             out.append((1.0 if cell.suppressed else float(threshold), None))
             continue
@@ -414,7 +438,7 @@ def _solve(objective: np.ndarray, bounds: list[tuple[float, Any]], constraints: 
 
 
 def _is_exposed(i: int, cells: list[_Cell], bounds: list[tuple[float, Any]], constraints: dict[str, Any],
-                agg: Aggregate) -> bool:
+                name: str, threshold: int) -> bool:
     """Whether withheld cell ``i`` can be bounded too tightly by a recipient (an LP over every line).
 
     Too tight: the interval of its possible units is narrower than one unit (its count is known), or a cell
@@ -427,16 +451,16 @@ def _is_exposed(i: int, cells: list[_Cell], bounds: list[tuple[float, Any]], con
     true = float(cells[i].units)
     high = _solve(-objective, bounds, constraints)
     if high.status not in (0, 3):
-        raise ContractExtractsError(f"aggregate {agg.name}: the table's own constraints have no solution; "
+        raise ContractExtractsError(f"aggregate {name}: the table's own constraints have no solution; "
                                     "nothing is delivered")
     upper = math.inf if high.status == 3 else -high.fun
-    if cells[i].units < agg.cell_threshold and upper < agg.cell_threshold - 1e-9:
+    if cells[i].units < threshold and upper < threshold - 1e-9:
         return True
     if upper >= true + 1 - 1e-9:
         return False
     low = _solve(objective, bounds, constraints)
     if low.status != 0:
-        raise ContractExtractsError(f"aggregate {agg.name}: the table's own constraints have no solution; "
+        raise ContractExtractsError(f"aggregate {name}: the table's own constraints have no solution; "
                                     "nothing is delivered")
     return bool(upper - low.fun < 1 - 1e-9)
 
@@ -448,14 +472,14 @@ def _target(cell: _Cell, threshold: int) -> float:
 
 
 def _unsettled(pending: list[int], cells: list[_Cell], bounds: list[tuple[float, Any]],
-               constraints: dict[str, Any], agg: Aggregate) -> list[int]:
+               constraints: dict[str, Any], threshold: int) -> list[int]:
     """The cells of ``pending`` that no feasible table found here shows safe (``_target``).
 
     One LP pushes all still-unsettled cells up at once (capped, so it has a solution); every cell that reaches its
     target in that solution is settled, and the LP is repeated for the rest while it settles some. Only the cells
     left need an LP of their own (``_is_exposed``).
     """
-    targets = {i: _target(cells[i], agg.cell_threshold) for i in pending}
+    targets = {i: _target(cells[i], threshold) for i in pending}
     cap = float(sum(c.units for c in cells) + max(targets.values(), default=0.0) + 1)
     capped = [(low, cap if high is None else high) for low, high in bounds]
     remaining = set(pending)
@@ -480,33 +504,40 @@ def interval_audit(cells: list[_Cell], agg: Aggregate, base: int, factor: float)
     interval becomes unknown), so a cell found safe stays safe: after the first pass over every withheld cell,
     only the exposed ones and the newly withheld ones are checked again.
     """
+    return _audit(cells, len(agg.by), name=agg.name, threshold=agg.cell_threshold, dominance=agg.dominance_share,
+                  additive=agg.unit is None, weighted=bool(agg.weight), base=base, factor=factor)
+
+
+def _audit(cells: list[_Cell], ndims: int, *, name: str, threshold: int, dominance: float, additive: bool,
+           weighted: bool, base: int, factor: float) -> int | None:
+    """``interval_audit`` on any set of cells over ``ndims`` dimensions (one table, or several merged)."""
     if len(cells) > AUDIT_MAX_CELLS:
         return None
-    lines = _lines(cells, len(agg.by))
-    constraints = _constraints(cells, len(agg.by), agg.unit is None)
+    lines = _lines(cells, ndims)
+    constraints = _constraints(cells, ndims, additive)
     added = 0
-    pending = [i for i, c in enumerate(cells) if c.suppressed]
+    pending = [i for i, c in enumerate(cells) if c.suppressed and not c.implicit and not c.fixed]
     while pending:
-        bounds = _bounds(cells, agg.cell_threshold, base, factor, bool(agg.weight))
-        unsettled = _unsettled(pending, cells, bounds, constraints, agg)
-        exposed = [i for i in unsettled if _is_exposed(i, cells, bounds, constraints, agg)]
+        bounds = _bounds(cells, threshold, base, factor, weighted)
+        unsettled = _unsettled(pending, cells, bounds, constraints, threshold)
+        exposed = [i for i in unsettled if _is_exposed(i, cells, bounds, constraints, name, threshold)]
         if not exposed:
             break
         before = {i for i, c in enumerate(cells) if c.suppressed}
         for i in exposed[:1]:  # one more cell at a time: it may settle the other exposed cells too
             near = [j for members, total in lines if i in (*members, total) for j in (*members, total)]
-            open_near = [j for j in near if not cells[j].suppressed]
+            open_near = [j for j in near if not cells[j].suppressed and not cells[j].fixed]
             if not open_near:  # nothing left beside it: widen from any line that has a withheld cell
                 open_near = [j for members, total in lines if any(cells[m].suppressed for m in (*members, total))
-                             for j in (*members, total) if not cells[j].suppressed]
+                             for j in (*members, total) if not cells[j].suppressed and not cells[j].fixed]
             if not open_near:
-                raise ContractExtractsError(f"aggregate {agg.name}: a withheld cell stays exposed with every cell "
+                raise ContractExtractsError(f"aggregate {name}: a withheld cell stays exposed with every cell "
                                             "withheld; nothing is delivered")
             pick = min(open_near, key=lambda j: (sum(p[0] == "T" for p in cells[j].key), cells[j].units, j))
             cells[pick].suppressed = cells[pick].secondary = True
             added += 1
-        added += secondary_suppression(cells, len(agg.by), agg.cell_threshold, agg.dominance_share)
-        pending = exposed + [i for i, c in enumerate(cells) if c.suppressed and i not in before]
+        added += secondary_suppression(cells, ndims, threshold, dominance)
+        pending = exposed + [i for i, c in enumerate(cells) if c.suppressed and not c.fixed and i not in before]
     return added
 
 
@@ -523,7 +554,8 @@ def recoverable(cells: list[_Cell], ndims: int) -> int:
 class TableResult:
     table: pa.Table
     summary: dict[str, Any]  # value-free: the rule applied, the cell counts and the information loss
-    cells: list[_Cell]
+    cells: list[_Cell]  # the cells the table lists
+    hidden: list[_Cell] = field(default_factory=list)  # margins it does not list (margins: false), for tests
 
 
 def output_schema(agg: Aggregate, source: pa.Schema) -> pa.Schema:
@@ -541,31 +573,67 @@ def output_schema(agg: Aggregate, source: pa.Schema) -> pa.Schema:
 def _protect_by_suppression(cells: list[_Cell], agg: Aggregate, base: int, factor: float) -> dict[str, Any]:
     small = dominated = 0
     for cell in cells:
+        if cell.implicit:
+            continue
         if cell.units < agg.cell_threshold:
             cell.suppressed = cell.primary = True
             small += 1
         elif cell.dominated:
             cell.suppressed = cell.primary = True
             dominated += 1
-    secondary = (secondary_suppression(cells, len(agg.by), agg.cell_threshold, agg.dominance_share)
-                 if agg.with_margins else 0)
-    audited = interval_audit(cells, agg, base, factor) if agg.with_margins and any(c.suppressed for c in cells) else 0
+        elif factor > 1 and agg.rounding_base > 1 and "count" in cell.values \
+                and pinned_at_threshold(cell.values["count"], base, factor, agg.cell_threshold):
+            cell.suppressed = cell.primary = True
+            small += 1
+    if factor > 1:  # a sample: the manifest gives its size
+        _fix_grand_total(cells, agg.cell_threshold, len(agg.by))
+    secondary = secondary_suppression(cells, len(agg.by), agg.cell_threshold, agg.dominance_share)
+    listed_withheld = any(c.suppressed and not c.implicit for c in cells)
+    audited = interval_audit(cells, agg, base, factor) if listed_withheld else 0
     if audited is None:
         raise ContractError(f"aggregate {agg.name!r} has {len(cells)} cells with some withheld, more than the "
                             f"{AUDIT_MAX_CELLS} whose protection can be audited; nothing is delivered",
                             key=f"aggregates.{agg.name}.by",
                             fix="use fewer or coarser dimensions, or protection: cell_key")
-    for cell in cells:
-        if not cell.suppressed and "count" in cell.values:
-            cell.published_count = round_to_base(cell.values["count"], base)
     return {"suppressed_small": small, "suppressed_dominance": dominated,
             "suppressed_secondary": secondary + (audited or 0), "interval_audit": audited is not None}
+
+
+def pinned_at_threshold(grossed: float, base: int, factor: float, threshold: int) -> bool:
+    """Whether a grossed count, rounded to ``base``, leaves only one sample count at or above the threshold.
+
+    The recipient knows a published cell holds at least ``threshold`` units. Near the threshold's edge the
+    rounding interval can reach below it, and what is left above may be a single sample count (e.g. 5 units ×
+    10.09 = 50.5 → 0 with base 110 and threshold 5: only 5 is both published and rounded to 0); such a cell is
+    withheld like a small one."""
+    published = round_to_base(grossed, base)
+    top = math.ceil((published + base / 2) / factor) + 1
+    candidates = sum(1 for n in range(threshold, top + 1) if round_to_base(n * factor, base) == published)
+    return candidates < 2
+
+
+def _fix_grand_total(cells: list[_Cell], threshold: int, ndims: int) -> None:
+    """A recipient of a grossed table knows its grand total in sample units exactly (the manifest gives the
+    sample's size and the grossing factor): the audit treats it as known, whatever the table publishes, unless it
+    is itself below the threshold (then every cell is small and withheld anyway). So is the only member of a line
+    whose total is known (a dimension with one value): it *is* that total."""
+    fixed = [c for c in cells if all(part[0] == "T" for part in c.key) and c.units >= threshold]
+    lines = _lines(cells, ndims)
+    while fixed:
+        for cell in fixed:
+            cell.fixed = True
+            if cell.implicit:
+                cell.suppressed = False
+        fixed = [cells[members[0]] for members, total in lines
+                 if len(members) == 1 and cells[total].fixed and not cells[members[0]].fixed]
 
 
 def _protect_by_cell_key(cells: list[_Cell], ptable: PTable, factor: float) -> list[_Cell]:
     """Perturb every cell's count by its cell key; cells perturbed to 0 are left out (returned: the rest)."""
     kept = []
     for cell in cells:
+        if cell.implicit:
+            continue
         assert cell.cell_key is not None
         perturbed = ptable.perturb(cell.units, cell.cell_key)
         if perturbed == 0:
@@ -594,9 +662,23 @@ def _published_values(cell: _Cell, agg: Aggregate, base: int) -> dict[str, Any]:
     return out
 
 
-def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None, batch_rows: int = 250_000,
-                ptable: PTable | None = None) -> TableResult:
-    """Aggregate the staged dataset file ``path`` as ``agg`` asks, with its protection applied."""
+@dataclass
+class _Prepared:
+    """One table between aggregation and output: its cells (protected, possibly again with other tables)."""
+
+    agg: Aggregate
+    source: pa.Schema
+    sampled: float | None
+    factor: float
+    base: int
+    all_cells: list[_Cell]  # every cell, for the information loss
+    cells: list[_Cell]  # the cells the table lists (cell key: not perturbed to 0)
+    counts: dict[str, Any]
+    ptable: PTable | None
+
+
+def _prepare(path: Path, agg: Aggregate, fraction: float | None, batch_rows: int,
+             ptable: PTable | None) -> _Prepared:
     source = pq.read_schema(path)
     check_columns(agg, source)
     if agg.cell_key and (agg.unit is None or record_key_column(agg.unit) not in source.names):
@@ -606,7 +688,7 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None, ba
     sampled = fraction if fraction and fraction < 1 else None
     cells, mean_weight = _cells(path, agg, sampled, batch_rows)
     factor = 1.0 if agg.weight else (1.0 / sampled if sampled else 1.0)
-    all_cells = list(cells)
+    all_cells = [c for c in cells if not c.implicit]
     counts: dict[str, Any] = {"suppressed_small": 0, "suppressed_dominance": 0, "suppressed_secondary": 0,
                               "interval_audit": False}
     table_ptable = None
@@ -617,10 +699,96 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None, ba
     else:
         base = count_base(agg, sampled, mean_weight)
         counts = _protect_by_suppression(cells, agg, base, factor)
+    return _Prepared(agg=agg, source=source, sampled=sampled, factor=factor, base=base, all_cells=all_cells,
+                     cells=cells, counts=counts, ptable=table_ptable)
+
+
+def _lift(key: tuple[tuple[str, Any], ...], by: list[str], dims: list[str]) -> tuple[tuple[str, Any], ...]:
+    """A cell's key over ``by`` as a key over ``dims`` (a superset): the other dimensions are summed over."""
+    parts = dict(zip(by, key, strict=True))
+    return tuple(parts.get(d, ("T", None)) for d in dims)
+
+
+def _protect_family(family: list[_Prepared]) -> None:
+    """Protect tables of one dataset and one unit together: an intruder combines them.
+
+    A cell of a table over dimensions B is the same figure as the cell of another table over B′ ⊇ B that sums over
+    B′ − B: the same units, the same count. So the cells of all the tables are merged into one table over the
+    union of their dimensions, each merged cell published with what all its tables tell about it together (the
+    intersection of their rounding intervals), and secondary suppression and the interval audit run on the merged
+    table: its lines are every table's own lines and the lines that only the tables together complete (the totals
+    of a table without margins, published by another table). A cell withheld in one table is withheld in all.
+    """
+    dims = list(dict.fromkeys(d for p in family for d in p.agg.by))
+    merged: dict[tuple[tuple[str, Any], ...], _Cell] = {}
+    instances: dict[tuple[tuple[str, Any], ...], list[tuple[_Prepared, _Cell]]] = {}
+    weighted = bool(family[0].agg.weight)
+    for prep in family:
+        for cell in prep.cells:
+            key = _lift(cell.key, list(prep.agg.by), dims)
+            into = merged.get(key)
+            if into is None:
+                into = merged[key] = _Cell(key=key, units=cell.units, values={}, dominated=False, implicit=True)
+            into.values.update(cell.values)
+            into.magnitude.update(cell.magnitude)
+            into.dominated |= cell.dominated
+            into.fixed |= cell.fixed
+            if not cell.implicit:
+                into.implicit = False
+            instances.setdefault(key, []).append((prep, cell))
+    for key, cell in merged.items():
+        listed = [one for _p, one in instances[key] if not one.implicit]
+        cell.suppressed = any(one.suppressed for one in listed) or (not listed and not cell.fixed)
+        if weighted:
+            continue  # weighted counts bound no units (as in one table's audit)
+        low, high = 0.0, math.inf
+        for prep, one in instances[key]:
+            if "count" not in one.values or one.implicit:
+                continue
+            published = round_to_base(one.values["count"], prep.base)
+            low = max(low, float(prep.agg.cell_threshold), (published - prep.base / 2) / prep.factor)
+            high = min(high, (published + prep.base / 2) / prep.factor)
+        if high < math.inf:
+            cell.known = (low, high)
+    cells = list(merged.values())
+    threshold = max(p.agg.cell_threshold for p in family)
+    dominance = min(p.agg.dominance_share for p in family)
+    name = " + ".join(p.agg.name for p in family)
+    if family[0].factor > 1:
+        _fix_grand_total(cells, min(p.agg.cell_threshold for p in family), len(dims))
+    secondary_suppression(cells, len(dims), threshold, dominance)
+    audited = _audit(cells, len(dims), name=name, threshold=threshold, dominance=dominance,
+                     additive=family[0].agg.unit is None, weighted=weighted, base=family[0].base,
+                     factor=family[0].factor) if any(c.suppressed and not c.implicit for c in cells) else 0
+    if audited is None:
+        raise ContractError(f"aggregates {name} of dataset {family[0].agg.dataset!r} have {len(cells)} distinct cells "
+                            f"together with some withheld, more than the {AUDIT_MAX_CELLS} whose protection can be "
+                            "audited; nothing is delivered", key=f"aggregates.{family[0].agg.name}.by",
+                            fix="use fewer or coarser dimensions, or protection: cell_key")
+    for key, cell in merged.items():
+        if not cell.suppressed:
+            continue
+        for prep, one in instances[key]:
+            if not one.suppressed and not one.implicit:
+                one.suppressed = one.secondary = True
+                prep.counts["suppressed_secondary"] += 1
+    for prep in family:
+        if any(c.suppressed and not c.implicit for c in prep.cells):
+            prep.counts["interval_audit"] = True
+
+
+def _finish(prep: _Prepared) -> TableResult:
+    agg, base, factor = prep.agg, prep.base, prep.factor
+    cells = [c for c in prep.cells if not c.implicit]
+    hidden = [c for c in prep.cells if c.implicit]
+    if not agg.cell_key:
+        for cell in cells:
+            cell.published_count = (round_to_base(cell.values["count"], base)
+                                    if not cell.suppressed and "count" in cell.values else None)
     order = sorted(range(len(cells)), key=lambda i: (sum(p[0] == "T" for p in cells[i].key),
                                                     [(p[0], _sortable(p[1])) for p in cells[i].key]))
     cells = [cells[i] for i in order]
-    schema = output_schema(agg, source)
+    schema = output_schema(agg, prep.source)
     columns: dict[str, list[Any]] = {f.name: [] for f in schema}
     for cell in cells:
         for d, part in zip(agg.by, cell.key, strict=True):
@@ -633,21 +801,43 @@ def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None, ba
     grossed: dict[str, Any] | None = None
     if agg.weight:
         grossed = {"by": "weight", "column": agg.weight}
-    elif sampled:
+    elif prep.sampled:
         grossed = {"by": "inverse sampling fraction", "factor": round(factor, 6)}
     summary = {
         "name": agg.name, "dataset": agg.dataset, "by": list(agg.by), "unit": agg.unit or "record",
         "measures": [k if c is None else f"{k}_{c}" for k, c in agg.kinds()],
         "margins": agg.with_margins, "threshold": agg.cell_threshold, "rounding": agg.rounding_base,
         "dominance": agg.dominance_share, "grossed": grossed,
-        "cells": len(all_cells), "published": sum(not c.suppressed for c in cells),
-        **counts, "rows": table.num_rows,
+        "cells": len(prep.all_cells), "published": sum(not c.suppressed for c in cells),
+        **prep.counts, "rows": table.num_rows,
         "protection": "cell_key" if agg.cell_key else "suppression",
         "count_rounding": base,
-        "ptable": None if table_ptable is None else table_ptable.to_dict(),
-        "information_loss": information_loss(all_cells, agg, base, factor, table_ptable),
+        "ptable": None if prep.ptable is None else prep.ptable.to_dict(),
+        "information_loss": information_loss(prep.all_cells, agg, base, factor, prep.ptable),
     }
-    return TableResult(table=table, summary=summary, cells=cells)
+    return TableResult(table=table, summary=summary, cells=cells, hidden=hidden)
+
+
+def build_table(path: Path, agg: Aggregate, *, fraction: float | None = None, batch_rows: int = 250_000,
+                ptable: PTable | None = None) -> TableResult:
+    """Aggregate the staged dataset file ``path`` as ``agg`` asks, with its protection applied (alone: a table
+    delivered beside others of the same dataset needs ``build_tables``)."""
+    return _finish(_prepare(path, agg, fraction, batch_rows, ptable))
+
+
+def build_tables(specs: list[tuple[Path, Aggregate]], *, fraction: float | None = None, batch_rows: int = 250_000,
+                 ptable: PTable | None = None) -> list[TableResult]:
+    """Every table of one delivery: each protected on its own, then the suppressed tables of the same dataset,
+    unit and weight together (``_protect_family``), so that no combination of them undoes a withheld cell."""
+    prepared = [_prepare(path, agg, fraction, batch_rows, ptable) for path, agg in specs]
+    families: dict[tuple[str, str | None, str | None], list[_Prepared]] = {}
+    for prep in prepared:
+        if not prep.agg.cell_key:
+            families.setdefault((prep.agg.dataset, prep.agg.unit, prep.agg.weight), []).append(prep)
+    for family in families.values():
+        if len(family) > 1:
+            _protect_family(family)
+    return [_finish(prep) for prep in prepared]
 
 
 def information_loss(cells: list[_Cell], agg: Aggregate, base: int, factor: float,

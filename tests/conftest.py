@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 from sqlalchemy.pool import NullPool
 
 from demo.runner import ensure_keys, render_demo_contracts
@@ -21,6 +22,11 @@ from tests.authorisation.helpers import write_catalogues, write_registry
 from tests.e2e.demo_state import DemoState, make_demo_state
 
 REPO = Path(__file__).resolve().parent.parent
+
+# CI replays the same examples every run (a failure there is reproducible from its log); local runs keep exploring.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 PG_ADMIN = os.environ.get("CONTRACT_EXTRACTS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 MARIADB_ADMIN = os.environ.get("CONTRACT_EXTRACTS_TEST_MARIADB_URL", "mysql+mysqldb://root@127.0.0.1:3306/")
 

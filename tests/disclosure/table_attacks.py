@@ -17,6 +17,7 @@ to decide whether the attack succeeded:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ import pyarrow as pa
 from scipy.optimize import linprog
 
 Key = tuple[tuple[str, Any], ...]
-SMALL_CELLS_SOLVED = 40  # LP bounds per perturbed table: the first this many small cells (two LPs each)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,40 @@ def lines(keys: Sequence[Key]) -> list[tuple[list[int], int]]:
             if part[0] == "v":
                 groups.setdefault((d, (*k[:d], ("T", None), *k[d + 1:])), []).append(i)
     return [(members, index[total]) for (_, total), members in groups.items() if total in index]
+
+
+def complete(keys: list[Key], rows: list[dict[str, Any]]) -> tuple[list[Key], list[dict[str, Any]]]:
+    """What the intruder reasons with beyond the listed cells: every margin the tables do not list (e.g. with
+    ``margins: false``) is an unknown, non-empty cell (it holds a listed cell), added as an implicit row."""
+    present = set(keys)
+    keys, rows = list(keys), list(rows)
+    for k in list(keys):
+        vdims = [d for d, part in enumerate(k) if part[0] == "v"]
+        for size in range(len(vdims)):
+            for subset in itertools.combinations(vdims, size):
+                projection = tuple(part if d in subset else ("T", None) for d, part in enumerate(k))
+                if projection not in present:
+                    present.add(projection)
+                    keys.append(projection)
+                    rows.append({"suppressed": True, "count": None, "implicit": True})
+    return keys, rows
+
+
+def known_exactly(keys: list[Key], truth: Mapping[Key, TrueCell], threshold: int, sampled: bool) -> set[int]:
+    """Cells the intruder knows exactly whatever is published: in a grossed table, the grand total in sample units
+    (the manifest gives the sample's size) unless it is below the threshold; and the only member of a line whose
+    total is known (a dimension with one value)."""
+    if not sampled:
+        return set()
+    known = {i for i, k in enumerate(keys) if all(part[0] == "T" for part in k) and truth[k].units >= threshold}
+    grown = True
+    while grown:
+        grown = False
+        for members, total in lines(keys):
+            if len(members) == 1 and total in known and members[0] not in known:
+                known.add(members[0])
+                grown = True
+    return known
 
 
 def round_to_base(value: float, base: int) -> int:
@@ -121,10 +155,15 @@ def attack(table: pa.Table, summary: Mapping[str, Any], truth: Mapping[Key, True
         if len(published) >= 10:
             assert hits <= 0.5 * len(published), f"grossing attack: count/factor is right for {hits} cells"
 
-    # 3. differencing with the margins.
+    # 3. differencing with the margins (and with the grand total, which the intruder may know exactly: a sample's
+    #    size is in the manifest, population sizes are often published).
+    keys, rows = complete(keys, rows)
+    known = known_exactly(keys, truth, threshold, factor > 1)
     for members, total in lines(keys):
-        suppressed = [i for i in members if rows[i]["suppressed"]]
-        if not suppressed or rows[total]["suppressed"]:
+        suppressed = [i for i in members if rows[i]["suppressed"] and i not in known]
+        if any(rows[i].get("implicit") for i in members):
+            continue
+        if not suppressed or (rows[total]["suppressed"] and total not in known):
             continue
         examined["differencing"] += 1
         assert len(suppressed) >= 2, f"differencing: line of {keys[total]} has one suppressed cell"
@@ -132,8 +171,12 @@ def attack(table: pa.Table, summary: Mapping[str, Any], truth: Mapping[Key, True
         assert held >= threshold, f"differencing: the suppressed cells of a line hold {held} < {threshold} units"
 
     # 4. linear programming over every line at once (unweighted units, or the weighted count with weights).
+    bounds = _bounds(rows, threshold=threshold, base=base, factor=factor, weighted=weighted)
+    for i in known:
+        exact = truth[keys[i]].count if weighted else float(truth[keys[i]].units)
+        bounds[i] = (exact, exact)
     examined["lp"] = _lp_attack(rows, keys, truth, threshold=threshold, base=base, factor=factor,
-                                weighted=weighted, additive=summary["unit"] == "record")
+                                weighted=weighted, additive=summary["unit"] == "record", bounds=bounds, known=known)
     return examined
 
 
@@ -146,11 +189,10 @@ def solve(objective: np.ndarray, a_ub: Any, b_ub: Any, a_eq: Any, b_eq: Any, bou
     return result
 
 
-def _lp_attack(rows: list[dict[str, Any]], keys: list[Key], truth: Mapping[Key, TrueCell], *, threshold: int,
-               base: int, factor: float, weighted: bool, additive: bool) -> int:
-    n = len(rows)
-    if not any(r["suppressed"] for r in rows):
-        return 0
+def _bounds(rows: list[dict[str, Any]], *, threshold: int, base: int, factor: float,
+            weighted: bool) -> list[tuple[float, float | None]]:
+    """What the intruder knows of each cell: a published count lies in its rounding interval (and, unweighted, at
+    or above the threshold); a listed withheld cell is non-empty."""
     bounds: list[tuple[float, float | None]] = []
     for r in rows:
         if r["suppressed"] or r.get("count") is None:
@@ -158,6 +200,23 @@ def _lp_attack(rows: list[dict[str, Any]], keys: list[Key], truth: Mapping[Key, 
             continue
         low, high = (r["count"] - base / 2) / factor, (r["count"] + base / 2) / factor
         bounds.append((low if weighted else max(low, threshold), high))
+    return bounds
+
+
+def _lp_attack(rows: list[dict[str, Any]], keys: list[Key], truth: Mapping[Key, TrueCell], *, threshold: int,
+               base: int, factor: float, weighted: bool, additive: bool,
+               bounds: list[tuple[float, float | None]] | None = None, known: set[int] | None = None) -> int:
+    """Bounds on every withheld cell from every line at once. Returns how many withheld cells were examined.
+
+    The true table is a feasible point (checked first), so a cell's lower bound is at most its truth: a feasible
+    table giving it at least truth + 1 (and the threshold, for a small cell) proves it safe. One LP pushing all
+    withheld cells up finds most such tables at once; the rest get both bounds solved on their own.
+    """
+    n = len(rows)
+    if not any(r["suppressed"] and not r.get("implicit") for r in rows):
+        return 0
+    if bounds is None:
+        bounds = _bounds(rows, threshold=threshold, base=base, factor=factor, weighted=weighted)
     equalities: list[np.ndarray] = []
     inequalities: list[np.ndarray] = []
     for members, total in lines(keys):
@@ -176,10 +235,27 @@ def _lp_attack(rows: list[dict[str, Any]], keys: list[Key], truth: Mapping[Key, 
     b_eq = np.zeros(len(equalities)) if equalities else None
     a_ub = np.vstack(inequalities) if inequalities else None
     b_ub = np.zeros(len(inequalities)) if inequalities else None
-    solved = 0
-    for i, r in enumerate(rows):
-        if not r["suppressed"]:
-            continue
+    true = np.array([truth[k].count if weighted else truth[k].units for k in keys], dtype=np.float64)
+    tolerance = 1e-6 * max(1.0, float(np.abs(true).max()))
+    assert all(low - tolerance <= t and (high is None or t <= high + tolerance)
+               for t, (low, high) in zip(true, bounds, strict=True)), "the truth lies within the published bounds"
+    assert a_eq is None or np.abs(a_eq @ true).max() <= tolerance, "the true table satisfies every line"
+    assert a_ub is None or (a_ub @ true).max() <= tolerance, "the true table satisfies every line"
+    withheld = [i for i, r in enumerate(rows) if r["suppressed"] and not r.get("implicit") and i not in (known or ())]
+    targets = {i: max(true[i] + 1, threshold if not weighted and true[i] < threshold else 0) for i in withheld}
+    cap = float(true.sum() + threshold + 2)
+    capped = [(low, cap if high is None else high) for low, high in bounds]
+    remaining = set(withheld)
+    while remaining:
+        objective = np.zeros(n)
+        objective[list(remaining)] = -1.0
+        result = solve(objective, a_ub, b_ub, a_eq, b_eq, capped)
+        assert result.status == 0, "the published table is consistent with its own truth"
+        settled = {i for i in remaining if result.x[i] >= targets[i] - 1e-6}
+        if not settled:
+            break
+        remaining -= settled
+    for i in sorted(remaining):
         objective = np.zeros(n)
         objective[i] = 1.0
         low = solve(objective, a_ub, b_ub, a_eq, b_eq, bounds)
@@ -187,14 +263,84 @@ def _lp_attack(rows: list[dict[str, Any]], keys: list[Key], truth: Mapping[Key, 
         assert low.status == 0 and high.status in (0, 3), "the published table is consistent with its own truth"
         upper = math.inf if high.status == 3 else -high.fun
         lower = low.fun
-        true = truth[keys[i]].count if weighted else truth[keys[i]].units
-        assert lower - 1e-6 <= true <= upper + 1e-6, "the LP bounds hold the truth"
-        solved += 1
+        assert lower - 1e-6 <= true[i] <= upper + 1e-6, "the LP bounds hold the truth"
         assert upper - lower >= 1 - 1e-6, f"LP attack pinned suppressed cell {keys[i]} to [{lower:.2f}, {upper:.2f}]"
-        if not weighted and truth[keys[i]].units < threshold:
-            assert upper >= threshold - 1e-6, \
+        if not weighted:
+            assert true[i] >= threshold or upper >= threshold - 1e-6, \
                 f"LP attack proved suppressed cell {keys[i]} below the threshold (at most {upper:.2f})"
-    return solved
+    return len(withheld)
+
+
+def attack_together(tables: Sequence[tuple[pa.Table, Mapping[str, Any], Mapping[Key, TrueCell]]]) -> dict[str, int]:
+    """The attacks on several tables of one dataset and unit at once, as one table over all their dimensions.
+
+    A cell of a table over B is the cell of a table over B′ ⊇ B summed over B′ − B. The intruder lifts every cell to
+    the union of the dimensions, reads each figure from whichever table publishes it (intersecting the rounding
+    intervals), and differences and bounds withheld cells over every line the tables complete together (e.g. a
+    table without margins against another table's counts). Suppression tables only.
+    """
+    assert tables and all(s.get("protection", "suppression") == "suppression" for _t, s, _x in tables)
+    dims = list(dict.fromkeys(d for _t, s, _x in tables for d in s["by"]))
+    grossed = tables[0][1].get("grossed") or {}
+    factor = float(grossed["factor"]) if grossed.get("by") == "inverse sampling fraction" else 1.0
+    weighted = grossed.get("by") == "weight"
+    threshold = max(int(s["threshold"]) for _t, s, _x in tables)
+    merged: dict[Key, dict[str, Any]] = {}
+    truth: dict[Key, TrueCell] = {}
+    known: dict[Key, tuple[float, float]] = {}
+    withheld_in: dict[Key, list[str]] = {}
+    published_in: dict[Key, list[str]] = {}
+    for table, summary, own in tables:
+        by = list(summary["by"])
+        base = int(summary.get("count_rounding") or summary["rounding"])
+        for r in table.to_pylist():
+            k = cell_key(r, by)
+            lifted = tuple(dict(zip(by, k, strict=True)).get(d, ("T", None)) for d in dims)
+            truth[lifted] = own[k]
+            cell = merged.setdefault(lifted, {"suppressed": False, "count": None})
+            if r["suppressed"]:
+                cell["suppressed"] = True
+                withheld_in.setdefault(lifted, []).append(summary["name"])
+                continue
+            published_in.setdefault(lifted, []).append(summary["name"])
+            if r.get("count") is None or weighted:
+                continue
+            low = max(float(summary["threshold"]), (r["count"] - base / 2) / factor)
+            high = (r["count"] + base / 2) / factor
+            was = known.get(lifted, (0.0, math.inf))
+            known[lifted] = (max(was[0], low), min(was[1], high))
+    for _table, summary, own in tables:
+        by = list(summary["by"])
+        for k, cell in own.items():
+            truth.setdefault(tuple(dict(zip(by, k, strict=True)).get(d, ("T", None)) for d in dims), cell)
+    for k in withheld_in:
+        assert k not in published_in, f"cell {k} is withheld in {withheld_in[k]} but published in {published_in[k]}"
+    keys, rows = complete(list(merged), [merged[k] for k in merged])
+    known_cells = known_exactly(keys, truth, threshold, factor > 1)
+    examined = {"differencing": 0, "lp": 0}
+    for members, total in lines(keys):
+        suppressed = [i for i in members if rows[i]["suppressed"] and i not in known_cells]
+        if any(rows[i].get("implicit") for i in members):
+            continue
+        if not suppressed or (rows[total]["suppressed"] and total not in known_cells):
+            continue
+        examined["differencing"] += 1
+        assert len(suppressed) >= 2, f"differencing across tables: line of {keys[total]} has one suppressed cell"
+        held = sum(truth[keys[i]].units for i in suppressed)
+        assert held >= threshold, f"differencing across tables: the suppressed cells of a line hold {held} units"
+    bounds: list[tuple[float, float | None]] = []
+    for k, r in zip(keys, rows, strict=True):
+        if r["suppressed"] or k not in known:
+            bounds.append((0.0 if weighted else (1.0 if r["suppressed"] else float(threshold)), None))
+        else:
+            bounds.append(known[k])
+    for i in known_cells:
+        exact = truth[keys[i]].count if weighted else float(truth[keys[i]].units)
+        bounds[i] = (exact, exact)
+    additive = all(s["unit"] == "record" for _t, s, _x in tables)
+    examined["lp"] = _lp_attack(rows, keys, truth, threshold=threshold, base=1, factor=factor, weighted=weighted,
+                                additive=additive, bounds=bounds, known=known_cells)
+    return examined
 
 
 def _cell_key_attacks(rows: list[dict[str, Any]], keys: list[Key], summary: Mapping[str, Any],
@@ -209,7 +355,8 @@ def _cell_key_attacks(rows: list[dict[str, Any]], keys: list[Key], summary: Mapp
         assert round(published) == 0 or round(published) >= smallest, f"cell {k} publishes a count below {smallest}"
         assert abs(round(published) - truth[k].units) <= max_noise, f"cell {k} is off by more than {max_noise}"
     n = len(rows)
-    bounds = [(max(0.0, r["count"] / factor - max_noise), r["count"] / factor + max_noise) for r in rows]
+    slack = max_noise + (0.5 / factor if factor > 1 else 0.0)  # a grossed count is rounded to a whole number
+    bounds = [(max(0.0, r["count"] / factor - slack), r["count"] / factor + slack) for r in rows]
     # A line's listed members add up to at most its total: cells perturbed to 0 are missing from the table.
     below = []
     for members, total in lines(keys):
@@ -221,21 +368,32 @@ def _cell_key_attacks(rows: list[dict[str, Any]], keys: list[Key], summary: Mapp
         a_ub, b_ub = None, None
     else:
         a_ub, b_ub = np.vstack(below), np.zeros(len(below))
-    solved = 0
-    for i in range(n):
-        if truth[keys[i]].units >= smallest + max_noise:
-            continue
-        if solved >= SMALL_CELLS_SOLVED:
+    # Every small cell (one the ptable may publish as 0 or move to the smallest count): the true table is feasible
+    # (checked), so a feasible table giving a cell at least its truth + 1 proves it not pinned. One LP pushes all of
+    # them up; the cells it does not settle get both bounds of their own.
+    true = np.array([truth[k].units for k in keys], dtype=np.float64)
+    assert all(low - 1e-6 <= t <= high + 1e-6 for t, (low, high) in zip(true, bounds, strict=True))
+    assert a_ub is None or (a_ub @ true).max() <= 1e-6, "the true table satisfies every line"
+    small = [i for i in range(n) if true[i] < smallest + max_noise]
+    remaining = set(small)
+    while remaining:
+        objective = np.zeros(n)
+        objective[list(remaining)] = -1.0
+        result = linprog(objective, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+        assert result.status == 0, "the published table is consistent with its own truth"
+        settled = {i for i in remaining if result.x[i] >= true[i] + 1 - 1e-6}
+        if not settled:
             break
+        remaining -= settled
+    for i in sorted(remaining):
         objective = np.zeros(n)
         objective[i] = 1.0
         low = linprog(objective, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
         high = linprog(-objective, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
         assert low.status == 0 and high.status == 0, "the published table is consistent with its own truth"
-        assert low.fun - 1e-6 <= truth[keys[i]].units <= -high.fun + 1e-6, "the LP bounds hold the truth"
-        solved += 1
+        assert low.fun - 1e-6 <= true[i] <= -high.fun + 1e-6, "the LP bounds hold the truth"
         assert -high.fun - low.fun >= 1 - 1e-6, f"LP attack pinned small perturbed cell {keys[i]}"
-    return solved
+    return len(small)
 
 
 def attack_result(result: Any) -> dict[str, int]:
@@ -244,5 +402,29 @@ def attack_result(result: Any) -> dict[str, int]:
     grossed = summary.get("grossed") or {}
     factor = float(grossed["factor"]) if grossed.get("by") == "inverse sampling fraction" else 1.0
     truth = {c.key: TrueCell(units=c.units, count=c.values.get("count", c.units * factor),
-                             nonempty=dict(c.nonempty)) for c in result.cells}
+                             nonempty=dict(c.nonempty)) for c in [*result.cells, *result.hidden]}
     return attack(result.table, summary, truth)
+
+
+def attack_results_together(results: Sequence[Any]) -> dict[str, int]:
+    """``attack_together`` on the suppression tables of ``results`` (``TableResult``s of one delivery) per family:
+    one dataset, one unit, one weight."""
+    families: dict[tuple[Any, ...], list[Any]] = {}
+    for result in results:
+        s = result.summary
+        if s["protection"] == "suppression":
+            families.setdefault((s["dataset"], s["unit"], str(s.get("grossed"))), []).append(result)
+    examined: dict[str, int] = {"differencing": 0, "lp": 0}
+    for family in families.values():
+        if len(family) < 2:
+            continue
+        together = []
+        for result in family:
+            grossed = result.summary.get("grossed") or {}
+            factor = float(grossed["factor"]) if grossed.get("by") == "inverse sampling fraction" else 1.0
+            truth = {c.key: TrueCell(units=c.units, count=c.values.get("count", c.units * factor),
+                                     nonempty=dict(c.nonempty)) for c in [*result.cells, *result.hidden]}
+            together.append((result.table, result.summary, truth))
+        for name, count in attack_together(together).items():
+            examined[name] += count
+    return examined

@@ -101,3 +101,17 @@ def test_the_model_refuses_unlisted_key_variables(tmp_path: Path) -> None:
 
 def test_a_demo_contract_without_disclosure_has_no_problems() -> None:
     assert disclosure_problems(load_contract(REPO / "configs" / "contracts" / "C-DEMO-001.yaml")) == []
+
+
+def test_tables_of_one_dataset_share_one_protection(tmp_path: Path) -> None:
+    """A cell-key table would publish, perturbed, what a suppression table of the same dataset withholds."""
+    mixed = [{"name": "by_region", "by": ["region"], "dataset": "claimants", "measures": ["count"], "unit": "nino"},
+             {"name": "by_benefit", "by": ["benefit_code"], "protection": "cell_key", "dataset": "claimants",
+              "measures": ["count"], "unit": "nino"}]
+    path = demo_with(tmp_path, lambda d: d.update(aggregates=mixed))
+    with pytest.raises(ContractError, match=r"aggregates\[1\].protection.*different protections"):
+        load_contract(path)
+    for protection in ("suppression", "cell_key"):
+        same = [{**table, "measures": ["count"], "by": list(table["by"]), "protection": protection} for table in mixed]
+        path = demo_with(tmp_path, lambda d, same=same: d.update(aggregates=same))
+        assert disclosure_problems(load_contract(path)) == []

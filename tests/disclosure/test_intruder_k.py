@@ -141,3 +141,10 @@ def test_every_target_has_k_candidates_for_an_intruder_who_knows_it(workspace: W
     for name, page in pages.items():
         assert "Disclosure risk" in page and "intruder knows the person" in page, name
         assert not any(v in page for v in values), f"{name} holds a data value"
+    # The recipient's copies: the manifest's risk report and the codebook's risk summary, no data value either.
+    summary = codebook.split("### Risk summary", 1)[1].split("\n#", 1)[0]
+    assert "| " in summary, "the risk summary is a table"
+    for name, text in (("manifest risk_report", json.dumps(manifest["disclosure"]["risk_report"])),
+                       ("codebook risk summary", summary)):
+        assert str(k) in text, name
+        assert not any(v in text for v in values), f"{name} holds a data value"

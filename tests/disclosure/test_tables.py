@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 from contracts.disclosure import Aggregate
 from core.errors import ContractError
-from disclosure.tables import build_table, recoverable, recoverable_in_table, round_to_base
+from disclosure.tables import (
+    build_table,
+    pinned_at_threshold,
+    recoverable,
+    recoverable_in_table,
+    round_to_base,
+)
 from tests.disclosure.helpers import write
 
 
@@ -118,6 +124,22 @@ def test_units_are_distinct_people_and_grossing_uses_the_fraction(tmp_path: Path
     assert rows_out[("a", "")]["count"] == 25 * 4  # 25 people, grossed by 1/0.25
     assert rows_out[(None, "region")]["count"] == 40 * 4
     assert result.summary["grossed"] == {"by": "inverse sampling fraction", "factor": 4.0}
+
+
+@pytest.mark.parametrize(("units", "pinned"), [(5, True), (6, False), (7, False), (40, False)],
+                         ids=["5-units-round-to-0-only-5-is-possible", "6-units", "7-units", "40-units"])
+def test_a_grossed_count_that_pins_its_sample_count_at_the_threshold_is_withheld(
+        tmp_path: Path, units: int, pinned: bool) -> None:
+    """Sampling fraction 0.0991 (×10.09), rounding 10 (count base 110), threshold 5: 5 units gross to 50.5, which
+    rounds to 0, and 5 is the only sample count at or above the threshold that rounds to 0: published, the cell
+    would give its sample count back. Found by the random-table intruder test."""
+    factor = 1 / 0.0991
+    assert pinned_at_threshold(units * factor, 110, factor, 5) is pinned
+    path = write(tmp_path, {"region": ["a"] * units + ["b"] * 40})
+    result = build_table(path, aggregate(by=["region"], rounding=10, threshold=5), fraction=0.0991)
+    cell = next(r for r in result.table.to_pylist() if r["region"] == "a")
+    assert cell["suppressed"] is pinned
+    assert cell["count"] is None if pinned else cell["count"] == round_to_base(units * factor, 110)
 
 
 def test_weights_gross_the_counts(tmp_path: Path) -> None:

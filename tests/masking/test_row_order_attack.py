@@ -177,3 +177,34 @@ def test_a_partitioned_delivery_shows_neither_source_order_nor_its_ranges(worksp
                      pq.read_table(out / "data" / "claimants.parquet").column("intake_seq").to_pylist())
     payments = pq.read_table(out / "data" / "payments.parquet")
     assert payments.num_rows > n  # payments are in keyed order too (their claimant pseudonyms, checked by count)
+
+
+def test_two_deliveries_with_fresh_pseudonyms_do_not_align_by_position(workspace: Workspace, source: str,
+                                                                       tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``linkage: delivery``: every delivery has fresh pseudonyms so that one contractor cannot join two of them;
+    the order key is per delivery too, so position does not join them either. Ground truth: the kept
+    ``intake_seq``, which identifies each person."""
+    small_row_groups(monkeypatch)
+
+    def per_delivery(data: dict) -> None:
+        keep_intake_seq(data)
+        data["linkage"] = "delivery"
+
+    edit_contract(workspace, "C-DEMO-002", per_delivery)
+    orders, pseudonyms = [], []
+    for i in range(2):
+        run = pipeline(workspace, "C-DEMO-002", source)
+        run_through(run)
+        out = receive(workspace, run, tmp_path / f"delivery{i}", recipient=RECIPIENT["C-DEMO-002"])
+        table = pq.read_table(out / "data" / "claimants.parquet")
+        orders.append(table.column("intake_seq").to_pylist())
+        pseudonyms.append(set(table.column("nino").to_pylist()))
+    one, two = orders
+    assert sorted(one) == sorted(two) and len(one) == PEOPLE, "the same people in both deliveries"
+    assert not pseudonyms[0] & pseudonyms[1], "fresh pseudonyms"
+    assert sum(a == b for a, b in zip(one, two, strict=True)) <= 8, "position links the deliveries"
+    position = {v: i for i, v in enumerate(two)}
+    assert abs(spearman(range(PEOPLE), [position[v] for v in one])) < 4.5 / math.sqrt(PEOPLE)
+    for order in orders:
+        assert abs(spearman(range(PEOPLE), order)) < 4.5 / math.sqrt(PEOPLE)
