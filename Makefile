@@ -83,7 +83,7 @@ test: venv system-deps lint
 	exit $$status
 
 lock: | $(UV)
-	$(UV) pip compile pyproject.toml --extra dev --python 3.11 --no-header --quiet -o constraints.txt
+	$(UV) pip compile pyproject.toml --extra dev --extra bench --python 3.11 --no-header --quiet -o constraints.txt
 
 clean:
 	rm -rf $(STATE) $(VENV) $(CURDIR)/.tools .pytest_cache

@@ -11,13 +11,16 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
+import gc
 import sys
 import uuid
 from collections.abc import Callable, Sequence
 
 from cli import approvals, audit, check, delivery, keys, progress
 from cli.arguments import actor, contract_path
+from cli.run import run_delivery
 from core.connections import env_connection_url
 from core.errors import ContractExtractsError
 from core.settings import load_settings
@@ -36,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(ctx)
     print(f"delivery {pipeline.delivery_id} of {path.stem}", flush=True)
     with progress.shown_on(sys.stderr):  # a bar per dataset on a terminal, plain lines otherwise
-        result = pipeline.run_all()
+        result = run_delivery(pipeline)  # GX imported while a child runs the stages before the gate
     print(f"delivered {result['package']['package']} sha256 {result['package']['sha256']}")
     return 0
 
@@ -67,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # At exit the interpreter's last garbage collections walk every object still alive (GX and its
+    # dependencies: ~0.7 s of a small delivery); freezing them first skips that walk. It skips nothing
+    # else: exit handlers still run (logging's flush included) and objects are still released; only the
+    # search for cycles among objects the process is about to drop anyway is left out.
+    atexit.register(gc.freeze)
     args = build_parser().parse_args(argv)
     command: Command = args.func
     try:

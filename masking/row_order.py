@@ -16,9 +16,10 @@ permutation of the arrival order, independent between contracts. Row groups hold
 source alike, so neither they nor their Parquet statistics reveal source order either.
 
 Memory stays bounded whatever the table size: rows are held in memory up to ``spill_bytes``; beyond that they
-are scattered by the top 8 bits of their rank into 256 Arrow IPC files in the (private) spill folder, and each
-bucket is sorted on its own at the end; a bucket still larger than ``spill_bytes`` is split again by the next
-8 bits. The spill files hold masked rows only and are removed when the writer finishes or fails.
+are scattered (``SCATTER_BYTES`` at a time) by the top 8 bits of their rank into 256 Arrow IPC files in the
+(private) spill folder, and each bucket is sorted on its own at the end; a bucket still larger than
+``spill_bytes`` is split again by the next 8 bits. The spill files hold masked rows only and are removed when
+the writer finishes or fails.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ BUCKETS = 1 << BUCKET_BITS
 # Rows per Parquet row group written (sorted buckets are gathered until there are this many).
 ROW_GROUP_ROWS = 131_072
 DEFAULT_SPILL_BYTES = 64 * 1024 * 1024
+# Once spilling, rows are scattered into the bucket files this many bytes at a time: one scatter of ~16 MiB
+# instead of one per record batch (each scatter writes a slice to every bucket: 256 small writes per batch).
+SCATTER_BYTES = 16 * 1024 * 1024
 # A bucket over the byte limit is split again only when it has at least this many rows (a file's own overhead
 # must not make tiny buckets split down to single rows).
 MIN_SPLIT_ROWS = 4096
@@ -96,16 +100,20 @@ class KeyedOrderWriter:
         ranked = pa.RecordBatch.from_arrays([*batch.columns, pa.array(self._ranks.next(batch.num_rows))],
                                             schema=self._ranked_schema)
         self.rows += batch.num_rows
-        if self._buckets is not None:
-            self._buckets.scatter(ranked)
-            return
         self._held.append(ranked)
         self._held_bytes += ranked.nbytes
-        if self._held_bytes > self._spill_bytes:
+        if self._buckets is not None:
+            if self._held_bytes > min(SCATTER_BYTES, self._spill_bytes):
+                self._scatter_held()
+        elif self._held_bytes > self._spill_bytes:
             self._buckets = _BucketFiles(self._spill_dir, self._ranked_schema, depth=0)
-            for held in self._held:
-                self._buckets.scatter(held)
-            self._held, self._held_bytes = [], 0
+            self._scatter_held()
+
+    def _scatter_held(self) -> None:
+        """Scatter the rows held so far into the buckets in one go (arrival order kept within each bucket)."""
+        if self._buckets is not None and self._held:
+            self._buckets.scatter(pa.Table.from_batches(self._held, schema=self._ranked_schema).combine_chunks())
+        self._held, self._held_bytes = [], 0
 
     def close(self) -> int:
         """Write the Parquet file in rank order; returns the number of rows. Removes the spill files."""
@@ -120,6 +128,7 @@ class KeyedOrderWriter:
                         gathered.add(_sorted(pa.Table.from_batches(self._held, schema=self._ranked_schema)))
                     self._held = []
                 else:
+                    self._scatter_held()
                     for table in self._buckets.sorted_tables(self._spill_bytes):
                         gathered.add(table)
                 gathered.flush()
@@ -196,8 +205,8 @@ class _BucketFiles:
     def _path(self, bucket: int) -> Path:
         return self._folder / f"{bucket:02x}.arrow"
 
-    def scatter(self, batch: pa.RecordBatch) -> None:
-        ranks = batch.column(RANK_COLUMN).to_numpy(zero_copy_only=False)
+    def scatter(self, batch: pa.RecordBatch | pa.Table) -> None:
+        ranks = batch.column(RANK_COLUMN).to_numpy()
         buckets = ((ranks >> self._shift) & np.uint64(BUCKETS - 1)).astype(np.int64)
         order = np.argsort(buckets, kind="stable")
         counts = np.bincount(buckets, minlength=BUCKETS)
@@ -209,7 +218,7 @@ class _BucketFiles:
             if writer is None:
                 writer = ipc.new_file(str(self._path(int(bucket))), self._schema)
                 self._writers[int(bucket)] = writer
-            writer.write_batch(grouped.slice(start, count))
+            writer.write(grouped.slice(start, count))
             self._rows[int(bucket)] = self._rows.get(int(bucket), 0) + count
             start += count
 

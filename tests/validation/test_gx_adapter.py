@@ -10,8 +10,10 @@ itself refuses to run (``ConfigError``) rather than decide with semantics nobody
 from __future__ import annotations
 
 import ast
+import gc
 import importlib.metadata
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,35 @@ def test_the_adapter_refuses_another_gx_version(monkeypatch: pytest.MonkeyPatch)
         message = str(refused.value)
         assert "1.99.0" in message and PINNED_GX_VERSION in message, message
         assert "_validate" in message
+
+
+def test_gx_is_imported_without_the_collector_and_what_it_built_is_frozen() -> None:
+    """``imported_without_gc`` (import_gx's first import): the collector paused inside, its state restored
+    after, and every object alive at the end moved to the permanent generation (skipped by later collections)."""
+    before = gc.get_freeze_count()
+    was_enabled = gc.isenabled()
+    try:
+        gc.enable()
+        with gx_adapter.imported_without_gc():
+            assert not gc.isenabled()
+            built = [[i] for i in range(1000)]  # containers, tracked by the collector like imported classes
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= before + len(built)
+        gc.disable()
+        with gx_adapter.imported_without_gc():
+            pass
+        assert not gc.isenabled()  # a collector the caller had paused stays paused
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def test_import_gx_brings_the_custom_expectations_with_it() -> None:
+    gx = import_gx()
+    assert gx is sys.modules["great_expectations"] and gx.__version__ == PINNED_GX_VERSION
+    assert "validation.expectations" in sys.modules
+    assert import_gx() is gx  # later calls: the imported module, version still checked
 
 
 # The same column "v" seen by a full GX validation and by ``decide`` on counts of it.
