@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +206,12 @@ def _write_aggregate(agg: Aggregate, result: TableResult, staging: Path) -> Aggr
 
 
 def run_disclosure(contract: Contract, staging: Path, extract: ExtractResult, *, batch_rows: int = 250_000,
-                   contract_file: str | None = None) -> DisclosureResult:
-    """Build aggregates, assess and treat microdata; return the ``disclosure.json`` document."""
+                   contract_file: str | None = None, catalogued_keys: Sequence[str] = ()) -> DisclosureResult:
+    """Build aggregates, assess and treat microdata; return the ``disclosure.json`` document.
+
+    ``catalogued_keys``: the delivered columns the source catalogue classes quasi-identifier. A contract without
+    ``disclosure`` delivers them unassessed; the risk report says so, per dataset, by column name.
+    """
     check_contract(contract, contract_file)
     microdata = delivers_microdata(contract)
     disclosure = contract.disclosure
@@ -290,6 +294,13 @@ def run_disclosure(contract: Contract, staging: Path, extract: ExtractResult, *,
     elif microdata and disclosure is not None:
         not_assessed = [NotAssessed(name=ds.name, reason="the contract names no key variables")
                         for ds in extract.datasets]
+    elif microdata:
+        for ds in extract.datasets:
+            uncontrolled = [c for c in catalogued_keys if c in contract.dataset(ds.name).columns]
+            if uncontrolled:
+                not_assessed.append(NotAssessed(
+                    name=ds.name, reason=f"the contract has no 'disclosure:' block; catalogued quasi-identifiers "
+                                         f"{', '.join(uncontrolled)} are delivered without a risk assessment"))
 
     # 3. Aggregates only: the microdata files go (after the tables were built from them). Otherwise no staging-only
     #    column (record keys for cell-key tables) may stay in a delivered file.

@@ -36,7 +36,14 @@ from audit.opening import open_ledger
 from audit.receipts import head_for_manifest
 from authorisation.run_checks import Authorisation, check_approvals, date_refusal
 from contracts.base import is_system_database
-from contracts.catalogue import Catalogue, load_catalogue_for, population_plan, statistics_columns, with_catalogue_keys
+from contracts.catalogue import (
+    Catalogue,
+    catalogue_key_variables,
+    load_catalogue_for,
+    population_plan,
+    statistics_columns,
+    with_catalogue_keys,
+)
 from contracts.disclosure import contract_aggregates, delivers_microdata
 from contracts.loading import content_hash, load_contract
 from contracts.model import Contract
@@ -550,9 +557,11 @@ class Pipeline:
         extract = self.state.read(EXTRACT)
         try:
             # Every delivered catalogued quasi-identifier is a key variable of the risk assessment.
-            result = run_disclosure(with_catalogue_keys(contract, self._catalogue(contract)), self.staging, extract,
+            catalogue = self._catalogue(contract)
+            result = run_disclosure(with_catalogue_keys(contract, catalogue), self.staging, extract,
                                     batch_rows=max(self.ctx.settings.batch_rows, VALIDATION_BATCH_ROWS),
-                                    contract_file=str(self.ctx.contract_path))
+                                    contract_file=str(self.ctx.contract_path),
+                                    catalogued_keys=catalogue_key_variables(contract, catalogue))
         except DisclosureBlocked as exc:
             if exc.report is not None:
                 self.state.write(DISCLOSURE, exc.report)

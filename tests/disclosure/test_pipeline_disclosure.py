@@ -142,6 +142,26 @@ def test_not_k_anonymous_output_is_treated_and_delivered_with_a_report(workspace
     assert "date_of_birth" in notes
 
 
+def test_without_a_disclosure_block_the_risk_report_names_the_unassessed_quasi_identifiers(
+        workspace: Workspace, source: str, tmp_path: Path) -> None:
+    """The demo catalogue classes date_of_birth and region quasi-identifiers; a contract without ``disclosure:``
+    delivers them as it asks, and the manifest and the operator's report say they were not assessed."""
+    rewrite(workspace, lambda d: d.pop("disclosure", None))
+    run = pipeline(workspace, source)
+    result = run.run_all()
+    package = workspace.home / "drop" / "borealis-analytics" / result["package"]["package"]
+    out = tmp_path / "received"
+    decrypt_package(package, identity=workspace.identities / "borealis-analyst.txt", out_dir=out,
+                    sender_key=workspace.keys["public"])
+    disclosure = json.loads((out / "manifest.json").read_text())["disclosure"]
+    (unassessed,) = disclosure["risk_report"]["not_assessed"]
+    assert unassessed["name"] == "claimants"
+    assert "no 'disclosure:' block" in unassessed["reason"]
+    assert "date_of_birth" in unassessed["reason"] and "region" in unassessed["reason"]
+    report = (workspace.home / "reports" / CONTRACT / run.delivery_id / "index.html").read_text()
+    assert "Not assessed" in report and "without a risk assessment" in report
+
+
 def test_untreatable_output_is_blocked_and_nothing_is_delivered(workspace: Workspace, source: str) -> None:
     rewrite(workspace, lambda d: d.update(disclosure={"quasi_identifiers": ["date_of_birth", "region"],
                                                       "contractor_holds": ["benefit_code"], "k": 10,
