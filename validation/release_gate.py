@@ -32,6 +32,8 @@ over the whole file, and **no leakage**: every string column searched for raw so
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +148,11 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
                                         batch_rows=batch_rows) for ref in rules.population]
     statistics = [row_groups_with_statistics(files[stats.dataset], stats.column) for stats in rules.statistics]
 
+    preloaded = "great_expectations" in sys.modules
+    started = time.monotonic()
     import_gx()
+    log.info("release gate: Great Expectations %s", "was already imported in this process" if preloaded
+             else f"imported in {time.monotonic() - started:.1f} s")
     summaries = {r.dataset: validate_parquet(files[r.dataset], r, batch_rows=batch_rows, leak_token=token)
                  for r in rules.datasets}
     extra: dict[str, list[ExpectationOutcome]] = {name: [] for name in summaries}

@@ -171,6 +171,13 @@ def test_one_delivery_per_contract_spread_over_two_celery_workers(celery_cluster
         bad = [(t["task_id"], t["map_index"], t["state"]) for t in tis if t["state"] != "success"]
         assert not bad, f"{dag}: {bad}; logs under {celery_cluster['logs']}"
     print("task instances by worker:", json.dumps(hosts_by_dag, indent=1))
+    # Each worker imported the release gate's GX before forking its pool (airflow_glue.celery_config): no
+    # validate task paid the import.
+    task_logs = tmp_path / "celery" / "airflow" / "logs"
+    gate = [line for path in task_logs.glob("dag_id=*/run_id=*/task_id=validate/attempt=*.log")
+            for line in path.read_text(errors="replace").splitlines() if "release gate: Great Expectations" in line]
+    assert len(gate) == len(DAGS), f"{gate}; task logs under {task_logs}"
+    assert all("was already imported in this process" in line for line in gate), gate
     assert states == dict.fromkeys(DAGS, "success")
     all_hosts = {h for hosts in hosts_by_dag.values() for h in hosts.values()}
     assert all_hosts == set(WORKERS), f"tasks ran on {all_hosts}, expected both workers"

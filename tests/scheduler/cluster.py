@@ -109,7 +109,7 @@ def airflow_env(base_env: dict[str, str], *, airflow_home: Path, metadata_url: s
     env.update({
         "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
         "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": "airflow_glue.gate_preload.GateReadyLocalExecutor",  # GX once per worker
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),

@@ -13,7 +13,8 @@ database) runs every scenario at once, through the public REST API only (world.p
   there is still exactly one delivery;
 - a contract file that does not load is an import error naming it, a row on the UI page, and every other
   contract's DAG is there;
-- no ERROR line in any task log of a delivery, and the extract logs name the native keyed-hashing backend and
+- no ERROR line in any task log of a delivery, every validate task finds Great Expectations imported by its worker,
+  and the extract logs name the native keyed-hashing backend and
   its progress lines.
 
 Then a real browser (Chromium) checks the operator's pages and takes the screenshots for docs/operators.md
@@ -254,7 +255,7 @@ def test_task_logs_hold_no_errors_and_name_the_hashing_backend(airflow, scenario
     logs = cluster.airflow_home / "logs"
     delivered_runs = [r for rs in scenarios["runs"].values() for r in rs if r["state"] == "success"]
     assert len(delivered_runs) >= 5
-    errors, backends, progress = [], [], []
+    errors, backends, progress, gate_imports = [], [], [], []
     for run in delivered_runs:
         for path in logs.glob(f"dag_id=*/run_id={run['dag_run_id']}/task_id=*/attempt=*.log"):
             if DAG["C-KILL-001"] in str(path) and path.parent.name in ("task_id=validate", "task_id=deliver") \
@@ -268,10 +269,17 @@ def test_task_logs_hold_no_errors_and_name_the_hashing_backend(airflow, scenario
                     backends.append(str(event.get("event")))
                 if event.get("logger") == "masking.progress" and str(event.get("event", "")).endswith("done"):
                     progress.append(str(event["event"]))
+                if event.get("logger") == "validation.release_gate" \
+                        and str(event.get("event", "")).startswith("release gate: Great Expectations"):
+                    gate_imports.append(str(event["event"]))
     assert not errors, "\n".join(errors[:20])
     assert backends and all(b.startswith("keyed hashing: native OpenSSL") and b.endswith("threads") for b in backends)
     assert not any("unavailable" in b or "BrokenProcessPool" in b for b in backends)
     assert progress and all("rows/s" in p and "elapsed" in p for p in progress), progress
+    # Every validate task found GX imported by its worker (airflow_glue.gate_preload), none paid the import.
+    # (Runs that deliver nothing, e.g. the one unpausing creates, have no gate; the killed attempts are skipped.)
+    assert len(gate_imports) >= 3, gate_imports
+    assert all(g.endswith("was already imported in this process") for g in gate_imports), gate_imports
 
 
 def test_the_operator_sees_it_all_in_the_airflow_ui(airflow, scenarios) -> None:
