@@ -542,7 +542,7 @@ def _audit(cells: list[_Cell], ndims: int, *, name: str, threshold: int, dominan
 
 
 def recoverable(cells: list[_Cell], ndims: int) -> int:
-    """Lines with exactly one suppressed entry (0 after ``secondary_suppression``); for tests and the gate."""
+    """Lines with exactly one suppressed entry (0 after ``secondary_suppression``); for tests."""
     return sum(1 for members, total in _lines(cells, ndims)
                if sum(cells[i].suppressed for i in [*members, total]) == 1)
 
@@ -887,7 +887,8 @@ def write_table(result: TableResult, path: Path) -> None:
 
 
 def recoverable_in_table(table: pa.Table, by: list[str]) -> int:
-    """Lines of a *published* table with exactly one suppressed entry (the gate's independent check)."""
+    """Lines of one *published* table with exactly one suppressed entry (the gate reads a dataset's tables
+    together: ``recoverable_across_tables``)."""
     totals = table[TOTAL_OVER].to_pylist()
     suppressed = table[SUPPRESSED].to_pylist()
     dims = [table[d].to_pylist() for d in by]
@@ -897,3 +898,64 @@ def recoverable_in_table(table: pa.Table, by: list[str]) -> int:
         key = tuple(("T", None) if d in over else ("v", dims[j][i]) for j, d in enumerate(by))
         cells.append(_Cell(key=key, units=0, values={}, dominated=False, suppressed=bool(suppressed[i])))
     return recoverable(cells, len(by))
+
+
+def recoverable_across_tables(tables: list[tuple[pa.Table, list[str]]], *, total_known: bool = False) -> int:
+    """Withheld cells an intruder gets back by subtraction from *published* tables of one dataset and unit.
+
+    The gate's independent check of what a delivery publishes, read as an intruder reads it: every table's cells
+    are lifted onto the union of the tables' dimensions (a cell summed over some dimensions is the same figure in
+    every table that lists it); a figure is known when any table publishes it; a margin that no table lists is
+    unknown, and with ``total_known`` (a grossed sample: the manifest gives its size) the grand total is known.
+    Then, repeatedly, a line (a row, column or margin, within one table or completed by another) with exactly
+    one unknown entry makes it known. The result counts the withheld cells that end up known (a margin nobody
+    lists may become known on the way: it was never protected), except those the manifest alone gives (a
+    sample's grand total, and the only member of a line whose total is so known). Only suppression tables:
+    cell-key tables withhold nothing.
+    """
+    dims = list(dict.fromkeys(d for _table, by in tables for d in by))
+    published: dict[tuple[tuple[str, Any], ...], bool] = {}
+    for table, by in tables:
+        totals = table[TOTAL_OVER].to_pylist()
+        suppressed = table[SUPPRESSED].to_pylist()
+        values = {d: table[d].to_pylist() for d in by}
+        for i in range(table.num_rows):
+            over = set(filter(None, (totals[i] or "").split(",")))
+            parts = {d: ("T", None) if d in over else ("v", values[d][i]) for d in by}
+            key = tuple(parts.get(d, ("T", None)) for d in dims)
+            published[key] = published.get(key, False) or not suppressed[i]
+    withheld = {key for key, shown in published.items() if not shown}
+    unlisted: set[tuple[tuple[str, Any], ...]] = set()
+    for key in list(published):  # margins no table lists: unknowns of their lines
+        inner = [d for d, part in enumerate(key) if part[0] == "v"]
+        for size in range(len(inner)):
+            for kept in itertools.combinations(inner, size):
+                margin = tuple(part if d in kept else ("T", None) for d, part in enumerate(key))
+                if margin not in published:
+                    unlisted.add(margin)
+    grand = tuple(("T", None) for _ in dims)
+    cells = [_Cell(key=key, units=0, values={}, dominated=False,
+                   suppressed=(key in withheld or key in unlisted) and not (total_known and key == grand))
+             for key in [*published, *unlisted]]
+    unknown = {i for i, cell in enumerate(cells) if cell.suppressed}
+    lines = _lines(cells, len(dims))
+    # Known from the manifest alone, whatever the tables withhold: the grand total of a sample, and the only
+    # member of a line whose total is so known (a dimension with one value), as build_tables counts them.
+    intrinsic = {i for i, cell in enumerate(cells) if total_known and cell.key == grand}
+    grown = bool(intrinsic)
+    while grown:
+        grown = False
+        for members, total in lines:
+            if len(members) == 1 and total in intrinsic and members[0] not in intrinsic:
+                intrinsic.add(members[0])
+                grown = True
+    unknown -= intrinsic
+    found = True
+    while found:
+        found = False
+        for members, total in lines:
+            left = [i for i in (*members, total) if i in unknown]
+            if len(left) == 1:
+                unknown.discard(left[0])
+                found = True
+    return sum(1 for i, cell in enumerate(cells) if cell.key in withheld and i not in unknown and i not in intrinsic)

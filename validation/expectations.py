@@ -267,18 +267,20 @@ class ExpectSampleToMatchContract(BatchExpectation):
 
 
 class ExpectTableCellsNotRecoverable(BatchExpectation):
-    """Aggregate table: no line (row or column of the table or a margin) has exactly one suppressed entry."""
+    """Aggregate table: no withheld cell comes back by subtraction along its lines (rows, columns and margins of
+    the table, and the lines that ``read_with``, the other tables of its dataset, complete)."""
 
     by: list[str]
+    read_with: list[str] | None = None  # the other tables of its dataset read with it
 
-    metric_dependencies = ("table.recoverable_lines",)
-    success_keys = ("by",)
-    args_keys = ("by",)
+    metric_dependencies = ("table.recoverable_cells",)
+    success_keys = ("by", "read_with")
+    args_keys = ("by", "read_with")
     library_metadata: ClassVar[dict[str, Any]] = {"maturity": "experimental", "tags": ["contract-extracts"],
                                                   "contributors": ["contract-extracts"]}
 
     def _validate(self, metrics: dict[str, Any], runtime_configuration: dict[str, Any] | None = None,
                   execution_engine: Any = None) -> dict[str, Any]:
-        lines = int(metrics["table.recoverable_lines"])
-        return {"success": lines == 0,
-                "result": {"observed_value": f"{lines} line(s) with exactly one suppressed cell"}}
+        cells = int(metrics["table.recoverable_cells"])
+        return {"success": cells == 0,
+                "result": {"observed_value": f"{cells} withheld cell(s) recoverable by subtraction"}}

@@ -178,10 +178,13 @@ class DisclosureCheck:
 
 @dataclass(frozen=True)
 class TableCheck:
-    """No suppressed cell of an aggregate table is recoverable from one line of it."""
+    """No suppressed cell of an aggregate table is recoverable from one line of it, or of it read together with
+    the other tables of its dataset and unit (``disclosure.tables.recoverable_across_tables``)."""
 
     dataset: str  # the aggregate's name (its file is data/<name>.parquet)
     by: tuple[str, ...]
+    read_with: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the other tables of its family: (name, by)
+    total_known: bool = False  # a grossed sample: the manifest gives the grand total in sample units
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ expectation itself on metrics computed here with pyarrow (``gx_adapter.decide``)
 * referential integrity (``expect_column_values_to_exist_in_dataset``) on each child column
   (``references.missing_references``: both files split by the same hash, one pass each);
 * the disclosure threshold re-measured on the treated file (``expect_disclosure_threshold_to_hold``);
-* no suppressed cell of an aggregate table recoverable from one line (``expect_table_cells_not_recoverable``);
+* no suppressed cell of an aggregate table recoverable from one line, of it or of it read with the other tables of
+  its dataset (``expect_table_cells_not_recoverable``);
 * the sample matching the contract (``expect_sample_to_match_contract``, in the delivery summary);
 * every row of a dataset restricted to the contract's population belonging to it
   (``expect_column_values_to_be_in_population``: its entity pseudonyms occur in the defining dataset);
@@ -44,7 +45,7 @@ from contracts.catalogue import Catalogue, PopulationPlan
 from contracts.model import Contract
 from core.errors import ContractExtractsError, StageFailed, value_free
 from disclosure.risk import build_classes, measure
-from disclosure.tables import recoverable_in_table
+from disclosure.tables import recoverable_across_tables
 from validation import leakage
 from validation.gx_adapter import RESULT_FORMAT, build_expectation, decide, import_gx, map_metrics
 from validation.model import (
@@ -143,7 +144,11 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
                                      batch_rows=batch_rows) for ref in rules.references]
     disclosures = [measure(build_classes(files[check.dataset], list(check.key), list(check.sensitive),
                                          batch_rows=batch_rows), check.k, l=check.l) for check in rules.disclosure]
-    tables = [recoverable_in_table(pq.read_table(files[check.dataset]), list(check.by)) for check in rules.tables]
+    published = {name: pq.read_table(files[name]) for check in rules.tables
+                 for name in (check.dataset, *(other for other, _by in check.read_with))}
+    tables = [recoverable_across_tables([(published[check.dataset], list(check.by)),
+                                         *((published[other], list(by)) for other, by in check.read_with)],
+                                        total_known=check.total_known) for check in rules.tables]
     in_population = [missing_references(files[ref.dataset], ref.column, files[ref.parent_dataset], ref.parent_column,
                                         batch_rows=batch_rows) for ref in rules.population]
     statistics = [row_groups_with_statistics(files[stats.dataset], stats.column) for stats in rules.statistics]
@@ -174,11 +179,12 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
             expectation.expectation_type, None, decision.success, measured.records_below_k,
             str(decision.result["observed_value"]), expectation.configuration))
 
-    for table, lines in zip(rules.tables, tables, strict=True):
-        expectation = build_expectation(CELLS_NOT_RECOVERABLE, {"by": list(table.by)})
-        decision = decide(expectation, {"table.recoverable_lines": lines})
+    for table, recovered in zip(rules.tables, tables, strict=True):
+        expectation = build_expectation(CELLS_NOT_RECOVERABLE, {"by": list(table.by),
+                                                                "read_with": [name for name, _by in table.read_with]})
+        decision = decide(expectation, {"table.recoverable_cells": recovered})
         extra[table.dataset].append(ExpectationOutcome(
-            expectation.expectation_type, None, decision.success, lines,
+            expectation.expectation_type, None, decision.success, recovered,
             str(decision.result["observed_value"]), expectation.configuration))
 
     for ref, (rows, nulls, missing) in zip(rules.population, in_population, strict=True):

@@ -144,6 +144,23 @@ def source_unique_columns(contract: Contract, state: dict[str, Any],
     return out
 
 
+def table_checks(aggregates: list[dict[str, Any]]) -> list[TableCheck]:
+    """One check per suppression table, read with the other tables of its dataset, unit and weight: the tables
+    an intruder combines, as ``disclosure.tables.build_tables`` protected them together."""
+    def family(a: dict[str, Any]) -> tuple[Any, ...]:
+        grossed = a.get("grossed") or {}
+        return a["dataset"], a.get("unit"), grossed.get("column") if grossed.get("by") == "weight" else None
+
+    protected = [a for a in aggregates if a.get("protection", "suppression") != "cell_key"]
+    checks = []
+    for a in protected:
+        others = tuple((o["name"], tuple(o["by"])) for o in protected if o is not a and family(o) == family(a))
+        grossed = a.get("grossed") or {}
+        checks.append(TableCheck(dataset=a["name"], by=tuple(a["by"]), read_with=others,
+                                 total_known=grossed.get("by") == "inverse sampling fraction"))
+    return checks
+
+
 def delivery_rules(contract: Contract, state: dict[str, Any], disclosure_doc: dict[str, Any] | None, *,
                    unique: dict[str, set[str]], run_year: int, catalogue: Catalogue | None = None,
                    population: PopulationPlan | None = None) -> DeliveryRules:
@@ -246,7 +263,7 @@ def delivery_rules(contract: Contract, state: dict[str, Any], disclosure_doc: di
         checks.append(DisclosureCheck(dataset=d["name"], key=tuple(d["key"]), sensitive=tuple(d["sensitive"]),
                                       k=int(settings.get("k", d["after"]["k"])),
                                       l=settings.get("l") if d["sensitive"] else None))
-    tables = [TableCheck(dataset=a["name"], by=tuple(a["by"])) for a in doc.get("aggregates", []) if a["margins"]]
+    tables = table_checks(doc.get("aggregates", []))
 
     sample_check = None
     if contract.sample is not None:

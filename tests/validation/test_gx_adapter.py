@@ -185,7 +185,7 @@ def test_row_count_decisions_equal_a_full_gx_validation(runner: GxRunner, rows: 
 
 def test_custom_expectations_decide_through_the_same_call() -> None:
     expectation = build_expectation(CELLS_NOT_RECOVERABLE, {"by": ["region"]})
-    assert decide(expectation, {"table.recoverable_lines": 0}).success is True
-    refused = decide(expectation, {"table.recoverable_lines": 2})
+    assert decide(expectation, {"table.recoverable_cells": 0}).success is True
+    refused = decide(expectation, {"table.recoverable_cells": 2})
     assert refused.success is False
-    assert refused.result["observed_value"] == "2 line(s) with exactly one suppressed cell"
+    assert refused.result["observed_value"] == "2 withheld cell(s) recoverable by subtraction"

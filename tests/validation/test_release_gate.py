@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contracts.disclosure import Aggregate
-from disclosure.tables import build_table, write_table
+from disclosure.tables import build_table, build_tables, recoverable_in_table, write_table
 from validation import hash_partitions
 from validation.hash_partitions import duplicate_rows
 from validation.model import (
@@ -36,6 +36,7 @@ from validation.model import (
 )
 from validation.references import missing_references
 from validation.release_gate import validate_delivery
+from validation.rules import table_checks
 from validation.staged_file import validate_parquet
 
 
@@ -147,6 +148,35 @@ def test_tables_with_a_recoverable_cell_fail(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(table, schema=result.table.schema), tampered)
     found = validate_delivery({"t": tampered}, rules)
     assert outcome(found.summaries[0], CELLS_NOT_RECOVERABLE).unexpected_count == 1 and not found.success
+
+
+def test_tables_that_give_a_cell_back_only_together_fail(tmp_path: Path) -> None:
+    """Each table alone is safe: by_region_sex lists no margins, so its withheld cell has an unknown row total;
+    by_region publishes that total. Read together (as the gate reads a dataset's tables), one line has a single
+    unknown entry. Tables protected together (build_tables) pass."""
+    data = write(tmp_path / "micro.parquet", {"region": ["a"] * 23 + ["b"] * 40,
+                                              "sex": ["F"] * 20 + ["M"] * 3 + ["F"] * 20 + ["M"] * 20})
+    specs = [Aggregate.model_validate({"name": "by_region_sex", "dataset": "d", "by": ["region", "sex"],
+                                       "measures": ["count"], "margins": False}),
+             Aggregate.model_validate({"name": "by_region", "dataset": "d", "by": ["region"], "measures": ["count"]})]
+    checks = table_checks([{"name": a.name, "dataset": "d", "by": list(a.by), "unit": "record"} for a in specs])
+    assert [c.read_with for c in checks] == [(("by_region", ("region",)),), (("by_region_sex", ("region", "sex")),)]
+
+    def gate(results: list, folder: str) -> tuple[bool, list[int]]:
+        files = {}
+        for agg, result in zip(specs, results, strict=True):
+            files[agg.name] = tmp_path / folder / f"{agg.name}.parquet"
+            files[agg.name].parent.mkdir(exist_ok=True)
+            write_table(result, files[agg.name])
+        rules = DeliveryRules(datasets=tuple(DatasetRules(a.name, tuple(ColumnRule(n) for n in r.table.column_names))
+                                             for a, r in zip(specs, results, strict=True)), tables=tuple(checks))
+        found = validate_delivery(files, rules)
+        return found.success, [outcome(s, CELLS_NOT_RECOVERABLE).unexpected_count for s in found.summaries]
+
+    alone = [build_table(data, agg) for agg in specs]
+    assert [recoverable_in_table(r.table, list(a.by)) for a, r in zip(specs, alone, strict=True)] == [0, 0]
+    assert gate(alone, "alone") == (False, [1, 1])  # (a, M): 23 in region a, 20 of them F
+    assert gate(build_tables([(data, agg) for agg in specs]), "together") == (True, [0, 0])
 
 
 @pytest.mark.parametrize(("check", "success"), [
