@@ -17,7 +17,8 @@ The split is used only where forking is safe and changes nothing else (``overlap
 terminal or log), and GX not imported yet (else there is nothing to hide). Otherwise the stages run one
 after another in this process (``Pipeline.run_all``). Errors keep their meaning: a stage's failure is
 recorded in the ledger by the stage itself (in the child), and its value-free message is raised here as
-``ContractExtractsError`` (the CLI prints it and exits 2), after the cleanup.
+``ContractExtractsError`` (the CLI prints it and exits 2), after the cleanup. A child that ends without a word
+(killed) has recorded nothing: this process records ``blocked`` for the stage it had reached.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 GATE = STAGES.index("validate")  # the first stage that needs GX
 _DONE = b"D"  # child → parent: the stages before the gate ran; parent → child: the staging folder is claimed
+_NO_RESULT = "the stages before the release gate ended without a result (interrupted or killed); nothing was delivered"
 
 
 def overlap_possible() -> bool:
@@ -89,6 +91,8 @@ def run_delivery(pipeline: Pipeline) -> dict[str, Any]:
         finally:
             message, claim = _join(pipeline, pid, to_parent_r, to_child_w)
         if message is not None:
+            if message == _NO_RESULT:  # killed before its stage could record anything: say so here
+                pipeline.record_blocked(_stage_reached(pipeline), message)
             raise ContractExtractsError(message)
         return run_from_gate(pipeline)
     finally:
@@ -148,4 +152,13 @@ def _join(pipeline: Pipeline, pid: int, from_child: int, to_child: int) -> tuple
         return None, claim
     if report.startswith(b"E"):
         return report[1:].decode("utf-8", "replace"), claim
-    return "the stages before the release gate ended without a result (interrupted or killed)", claim
+    return _NO_RESULT, claim
+
+
+def _stage_reached(pipeline: Pipeline) -> str:
+    """The stage the child was in when it ended without a word: the first without its ledger record."""
+    done = {record.action for record in pipeline.ledger.records(delivery=pipeline.delivery_id)}
+    for stage, record in (("authorise", "authorised"), ("extract", "extract_done")):
+        if record not in done:
+            return stage
+    return "disclosure"

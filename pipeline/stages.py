@@ -233,6 +233,10 @@ class Pipeline:
         self.ledger.append(actor=self.ctx.actor, action=action, contract=self.contract_id,
                            delivery=self.delivery_id, details=details)
 
+    def record_blocked(self, stage: str, reason: str) -> None:
+        """Record ``blocked`` for a stage that could not record it itself (e.g. its process was killed)."""
+        self._record_failure(stage, reason, final=True)
+
     def _record_failure(self, stage: str, reason: str, *, final: bool, frames: str | None = None) -> None:
         if frames:
             log.error("stage %s failed; traceback frames (messages withheld, they may hold data):\n%s",

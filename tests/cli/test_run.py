@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from audit.ledger import Ledger
 from cli.run import GATE, overlap_possible
+from core.settings import load_settings
 from demo.synthetic import write_demo_source
 from pipeline.stages import STAGES
 from tests.authorisation.helpers import approve_for_tests
@@ -36,14 +38,21 @@ def spy(name, real):
         return real(pipeline)
     return wrapped
 run.run_before_gate, run.run_from_gate = spy("before", before), spy("gate", after)
+if os.environ.get("KILL_CHILD_AFTER_AUTHORISE"):
+    def killed(pipeline):
+        pipeline.authorise()
+        os.kill(os.getpid(), 9)  # SIGKILL: the child records nothing more
+    run.run_before_gate = spy("before", killed)
 from cli import main
 sys.exit(main(["run", sys.argv[2]]))
 """
 
 
-def _cli(workspace: Workspace, tmp_path: Path, contract: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def _cli(workspace: Workspace, tmp_path: Path, contract: Path,
+         extra: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     marks = tmp_path / "marks.txt"
-    env = {**os.environ, **workspace.env, "AIRFLOW_CONN_DEMO_CLAIMS": airflow_uri(f"sqlite:///{tmp_path / 'src.db'}")}
+    env = {**os.environ, **workspace.env, "AIRFLOW_CONN_DEMO_CLAIMS": airflow_uri(f"sqlite:///{tmp_path / 'src.db'}"),
+           **(extra or {})}
     proc = subprocess.run([sys.executable, "-c", SPIED_CLI, str(marks), str(contract)], env=env, text=True,
                           capture_output=True, check=False, timeout=120)
     return proc, (marks.read_text().split("\n")[:-1] if marks.exists() else [])
@@ -91,3 +100,25 @@ def test_a_failure_before_the_gate_comes_back_with_its_message(workspace: Worksp
     assert len(error) == 1 and "approv" in error[0], proc.stderr[-3000:]
     assert [m.split()[0] for m in marks] == ["before"]
     assert not list((workspace.home / "staging").glob("**/*.parquet"))
+
+
+def test_a_child_killed_mid_run_is_recorded_as_blocked_and_nothing_is_left(workspace: Workspace,
+                                                                            tmp_path: Path) -> None:
+    """SIGKILL in the child after authorise: it records nothing more, so the parent records ``blocked`` at the
+    stage it had reached (extract), removes the staging folder and exits 2; nothing is delivered."""
+    write_demo_source(f"sqlite:///{tmp_path / 'src.db'}", n_people=100)
+    contract = workspace.contracts_dir / "C-DEMO-001.yaml"
+    approve_for_tests(workspace.config_dir, workspace.home, [contract])
+    proc, marks = _cli(workspace, tmp_path, contract, {"KILL_CHILD_AFTER_AUTHORISE": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "ended without a result (interrupted or killed); nothing was delivered" in proc.stderr
+    assert [m.split()[0] for m in marks] == ["before"]
+    with Ledger(load_settings(workspace.env).ledger_url) as ledger:
+        actions = [(r.action, r.details_obj()) for r in ledger.records(contract="C-DEMO-001")]
+    ran = [a for a, _ in actions if a not in ("contract_approved", "catalogue_approved", "approvers_changed")]
+    assert ran == ["run_started", "authorised", "blocked", "staging_removed"], ran
+    blocked = dict(actions)["blocked"]
+    assert blocked["stage"] == "extract" and blocked["final"] is True
+    assert not list((workspace.home / "staging").glob("**/*.parquet"))
+    drop = workspace.home / "drop"
+    assert not drop.exists() or not [p for p in drop.rglob("*") if p.is_file()]
