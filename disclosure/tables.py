@@ -900,62 +900,93 @@ def recoverable_in_table(table: pa.Table, by: list[str]) -> int:
     return recoverable(cells, len(by))
 
 
-def recoverable_across_tables(tables: list[tuple[pa.Table, list[str]]], *, total_known: bool = False) -> int:
-    """Withheld cells an intruder gets back by subtraction from *published* tables of one dataset and unit.
+@dataclass(frozen=True)
+class PublishedTable:
+    """A published suppression table as the release gate reads it: its file's rows and how its counts were made."""
 
-    The gate's independent check of what a delivery publishes, read as an intruder reads it: every table's cells
-    are lifted onto the union of the tables' dimensions (a cell summed over some dimensions is the same figure in
-    every table that lists it); a figure is known when any table publishes it; a margin that no table lists is
-    unknown, and with ``total_known`` (a grossed sample: the manifest gives its size) the grand total is known.
-    Then, repeatedly, a line (a row, column or margin, within one table or completed by another) with exactly
-    one unknown entry makes it known. The result counts the withheld cells that end up known (a margin nobody
-    lists may become known on the way: it was never protected), except those the manifest alone gives (a
-    sample's grand total, and the only member of a line whose total is so known). Only suppression tables:
-    cell-key tables withhold nothing.
+    table: pa.Table
+    by: list[str]
+    base: int  # the count base its counts are rounded to
+    factor: float = 1.0  # the grossing factor (inverse sampling fraction), 1 when not grossed
+    threshold: int = 1  # every published count holds at least this many units
+
+
+def exposed_across_tables(tables: list[PublishedTable]) -> int:
+    """Withheld cells that the published tables of one dataset (records, unweighted) pin or prove small together.
+
+    The gate's independent reading of what a delivery publishes, as an intruder reads it: every table's cells are
+    lifted onto the union of the tables' dimensions (a cell summed over some dimensions is the same figure in
+    every table that lists it); a published count gives an interval of units (its rounding interval divided by
+    the grossing factor, and at least its table's threshold), a withheld cell or a margin that no table lists is
+    at least 1. Then interval arithmetic along every line (a row, column or margin, within one table or
+    completed by another: members add up to the total) narrows the intervals until nothing changes. A withheld
+    cell is exposed when its interval is narrower than one unit (its count is known) or lies below the
+    threshold (it is known to be small). Interval arithmetic is sound and weaker than the linear programs of
+    ``build_tables``' audit, so tables that audit passed are never exposed here; anything else is.
     """
-    dims = list(dict.fromkeys(d for _table, by in tables for d in by))
-    published: dict[tuple[tuple[str, Any], ...], bool] = {}
-    for table, by in tables:
-        totals = table[TOTAL_OVER].to_pylist()
-        suppressed = table[SUPPRESSED].to_pylist()
-        values = {d: table[d].to_pylist() for d in by}
-        for i in range(table.num_rows):
+    dims = list(dict.fromkeys(d for t in tables for d in t.by))
+    low: dict[tuple[tuple[str, Any], ...], float] = {}
+    high: dict[tuple[tuple[str, Any], ...], float] = {}
+    withheld: dict[tuple[tuple[str, Any], ...], int] = {}  # withheld cell → the smallest threshold of its tables
+    for t in tables:
+        totals = t.table[TOTAL_OVER].to_pylist()
+        suppressed = t.table[SUPPRESSED].to_pylist()
+        counts = t.table["count"].to_pylist()
+        values = {d: t.table[d].to_pylist() for d in t.by}
+        for i in range(t.table.num_rows):
             over = set(filter(None, (totals[i] or "").split(",")))
-            parts = {d: ("T", None) if d in over else ("v", values[d][i]) for d in by}
+            parts = {d: ("T", None) if d in over else ("v", values[d][i]) for d in t.by}
             key = tuple(parts.get(d, ("T", None)) for d in dims)
-            published[key] = published.get(key, False) or not suppressed[i]
-    withheld = {key for key, shown in published.items() if not shown}
-    unlisted: set[tuple[tuple[str, Any], ...]] = set()
-    for key in list(published):  # margins no table lists: unknowns of their lines
+            lo, hi = low.get(key, 1.0), high.get(key, math.inf)
+            if suppressed[i] or counts[i] is None:
+                withheld[key] = min(withheld.get(key, t.threshold), t.threshold)
+            else:
+                lo = max(lo, float(t.threshold), (counts[i] - t.base / 2) / t.factor)
+                hi = min(hi, (counts[i] + t.base / 2) / t.factor)
+            low[key], high[key] = lo, hi
+    for key in list(low):  # margins no table lists: unknowns of their lines, non-empty
         inner = [d for d, part in enumerate(key) if part[0] == "v"]
         for size in range(len(inner)):
             for kept in itertools.combinations(inner, size):
                 margin = tuple(part if d in kept else ("T", None) for d, part in enumerate(key))
-                if margin not in published:
-                    unlisted.add(margin)
-    grand = tuple(("T", None) for _ in dims)
-    cells = [_Cell(key=key, units=0, values={}, dominated=False,
-                   suppressed=(key in withheld or key in unlisted) and not (total_known and key == grand))
-             for key in [*published, *unlisted]]
-    unknown = {i for i, cell in enumerate(cells) if cell.suppressed}
+                low.setdefault(margin, 1.0)
+                high.setdefault(margin, math.inf)
+    cells = [_Cell(key=key, units=0, values={}, dominated=False) for key in low]
+    lo_of = [low[c.key] for c in cells]
+    hi_of = [high[c.key] for c in cells]
     lines = _lines(cells, len(dims))
-    # Known from the manifest alone, whatever the tables withhold: the grand total of a sample, and the only
-    # member of a line whose total is so known (a dimension with one value), as build_tables counts them.
-    intrinsic = {i for i, cell in enumerate(cells) if total_known and cell.key == grand}
-    grown = bool(intrinsic)
-    while grown:
-        grown = False
+    for _ in range(EXPOSURE_PASSES):
+        changed = False
         for members, total in lines:
-            if len(members) == 1 and total in intrinsic and members[0] not in intrinsic:
-                intrinsic.add(members[0])
-                grown = True
-    unknown -= intrinsic
-    found = True
-    while found:
-        found = False
-        for members, total in lines:
-            left = [i for i in (*members, total) if i in unknown]
-            if len(left) == 1:
-                unknown.discard(left[0])
-                found = True
-    return sum(1 for i, cell in enumerate(cells) if cell.key in withheld and i not in unknown and i not in intrinsic)
+            tightened = _tighten(members, total, lo_of, hi_of)
+            changed = changed or tightened
+        if not changed:
+            break
+    if any(lo_of[i] > hi_of[i] + 1e-6 for i in range(len(cells))):
+        return len(withheld) or 1  # the published figures contradict each other: not what the build wrote
+    return sum(1 for i, cell in enumerate(cells) if cell.key in withheld
+               and (hi_of[i] - lo_of[i] < 1 - 1e-9 or hi_of[i] < withheld[cell.key] - 1e-9))
+
+
+# Interval narrowing stops after this many passes over the lines (each pass only narrows; a few suffice in practice).
+EXPOSURE_PASSES = 50
+
+
+def _tighten(members: list[int], total: int, lo: list[float], hi: list[float]) -> bool:
+    """One line's interval arithmetic (members add up to the total); whether any interval narrowed."""
+    changed = False
+    sum_lo = math.fsum(lo[i] for i in members)
+    sum_hi = math.fsum(hi[i] for i in members) if all(hi[i] < math.inf for i in members) else math.inf
+    if sum_lo > lo[total] + 1e-9:
+        lo[total], changed = sum_lo, True
+    if sum_hi < hi[total] - 1e-9:
+        hi[total], changed = sum_hi, True
+    for m in members:
+        others_lo = math.fsum(lo[i] for i in members if i != m)
+        others_hi = (math.fsum(hi[i] for i in members if i != m)
+                     if all(hi[i] < math.inf for i in members if i != m) else math.inf)
+        if hi[total] - others_lo < hi[m] - 1e-9:
+            hi[m], changed = hi[total] - others_lo, True
+        if others_hi < math.inf and lo[total] - others_hi > lo[m] + 1e-9:
+            lo[m], changed = lo[total] - others_hi, True
+    return changed

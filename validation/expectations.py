@@ -267,8 +267,8 @@ class ExpectSampleToMatchContract(BatchExpectation):
 
 
 class ExpectTableCellsNotRecoverable(BatchExpectation):
-    """Aggregate table: no withheld cell comes back by subtraction along its lines (rows, columns and margins of
-    the table, and the lines that ``read_with``, the other tables of its dataset, complete)."""
+    """Aggregate table: no line of it has exactly one suppressed entry, and no withheld cell is pinned or proved
+    small along its lines with ``read_with``, the other tables of its dataset (rounding intervals respected)."""
 
     by: list[str]
     read_with: list[str] | None = None  # the other tables of its dataset read with it
@@ -283,4 +283,4 @@ class ExpectTableCellsNotRecoverable(BatchExpectation):
                   execution_engine: Any = None) -> dict[str, Any]:
         cells = int(metrics["table.recoverable_cells"])
         return {"success": cells == 0,
-                "result": {"observed_value": f"{cells} withheld cell(s) recoverable by subtraction"}}
+                "result": {"observed_value": f"{cells} withheld cell(s) recoverable or proved small"}}

@@ -178,13 +178,16 @@ class DisclosureCheck:
 
 @dataclass(frozen=True)
 class TableCheck:
-    """No suppressed cell of an aggregate table is recoverable from one line of it, or of it read together with
-    the other tables of its dataset and unit (``disclosure.tables.recoverable_across_tables``)."""
+    """No suppressed cell of an aggregate table is recoverable from one line of it, nor pinned or proved small by
+    it read together with the other tables of its dataset (``disclosure.tables.exposed_across_tables``)."""
 
     dataset: str  # the aggregate's name (its file is data/<name>.parquet)
     by: tuple[str, ...]
-    read_with: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the other tables of its family: (name, by)
-    total_known: bool = False  # a grossed sample: the manifest gives the grand total in sample units
+    read_with: tuple[str, ...] = ()  # the other tables of its dataset, unit and weight (their checks' names)
+    base: int = 1  # the count base its counts are rounded to
+    factor: float = 1.0  # grossing factor (inverse sampling fraction), 1 when not grossed
+    threshold: int = 1
+    additive: bool = True  # records, unweighted: its lines add up (distinct units and weights do not)
 
 
 @dataclass(frozen=True)

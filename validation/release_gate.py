@@ -45,7 +45,7 @@ from contracts.catalogue import Catalogue, PopulationPlan
 from contracts.model import Contract
 from core.errors import ContractExtractsError, StageFailed, value_free
 from disclosure.risk import build_classes, measure
-from disclosure.tables import recoverable_across_tables
+from disclosure.tables import PublishedTable, exposed_across_tables, recoverable_in_table
 from validation import leakage
 from validation.gx_adapter import RESULT_FORMAT, build_expectation, decide, import_gx, map_metrics
 from validation.model import (
@@ -60,6 +60,7 @@ from validation.model import (
     DeliveryRules,
     DeliveryValidation,
     ExpectationOutcome,
+    TableCheck,
     ValidationSummary,
 )
 from validation.references import missing_references
@@ -144,11 +145,7 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
                                      batch_rows=batch_rows) for ref in rules.references]
     disclosures = [measure(build_classes(files[check.dataset], list(check.key), list(check.sensitive),
                                          batch_rows=batch_rows), check.k, l=check.l) for check in rules.disclosure]
-    published = {name: pq.read_table(files[name]) for check in rules.tables
-                 for name in (check.dataset, *(other for other, _by in check.read_with))}
-    tables = [recoverable_across_tables([(published[check.dataset], list(check.by)),
-                                         *((published[other], list(by)) for other, by in check.read_with)],
-                                        total_known=check.total_known) for check in rules.tables]
+    tables = _tables_exposed(files, rules.tables)
     in_population = [missing_references(files[ref.dataset], ref.column, files[ref.parent_dataset], ref.parent_column,
                                         batch_rows=batch_rows) for ref in rules.population]
     statistics = [row_groups_with_statistics(files[stats.dataset], stats.column) for stats in rules.statistics]
@@ -180,8 +177,8 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
             str(decision.result["observed_value"]), expectation.configuration))
 
     for table, recovered in zip(rules.tables, tables, strict=True):
-        expectation = build_expectation(CELLS_NOT_RECOVERABLE, {"by": list(table.by),
-                                                                "read_with": [name for name, _by in table.read_with]})
+        expectation = build_expectation(CELLS_NOT_RECOVERABLE,
+                                        {"by": list(table.by), "read_with": list(table.read_with)})
         decision = decide(expectation, {"table.recoverable_cells": recovered})
         extra[table.dataset].append(ExpectationOutcome(
             expectation.expectation_type, None, decision.success, recovered,
@@ -227,3 +224,22 @@ def _validate_delivery(files: dict[str, Path], rules: DeliveryRules, batch_rows:
         log.info("release gate %s: success=%s, %d of %d expectations failed", summary.dataset, summary.success,
                  len(summary.failures()), len(summary.expectations))
     return DeliveryValidation(summaries=ordered, delivery=delivery, notes=list(rules.notes))
+
+
+def _tables_exposed(files: dict[str, Path], checks: tuple[TableCheck, ...]) -> list[int]:
+    """Per table: the lines of it with one suppressed entry, plus the withheld cells that it and the other tables
+    of its dataset pin or prove small together (records, unweighted: their lines add up)."""
+    by_name = {check.dataset: check for check in checks}
+    published = {check.dataset: pq.read_table(files[check.dataset]) for check in checks}
+
+    def read(check: TableCheck) -> PublishedTable:
+        return PublishedTable(published[check.dataset], list(check.by), base=check.base, factor=check.factor,
+                              threshold=check.threshold)
+
+    out = []
+    for check in checks:
+        exposed = recoverable_in_table(published[check.dataset], list(check.by))
+        if check.additive:
+            exposed += exposed_across_tables([read(check), *(read(by_name[name]) for name in check.read_with)])
+        out.append(exposed)
+    return out

@@ -154,10 +154,14 @@ def table_checks(aggregates: list[dict[str, Any]]) -> list[TableCheck]:
     protected = [a for a in aggregates if a.get("protection", "suppression") != "cell_key"]
     checks = []
     for a in protected:
-        others = tuple((o["name"], tuple(o["by"])) for o in protected if o is not a and family(o) == family(a))
         grossed = a.get("grossed") or {}
-        checks.append(TableCheck(dataset=a["name"], by=tuple(a["by"]), read_with=others,
-                                 total_known=grossed.get("by") == "inverse sampling fraction"))
+        checks.append(TableCheck(
+            dataset=a["name"], by=tuple(a["by"]),
+            read_with=tuple(o["name"] for o in protected if o is not a and family(o) == family(a)),
+            base=int(a.get("count_rounding") or a["rounding"]),
+            factor=float(grossed["factor"]) if grossed.get("by") == "inverse sampling fraction" else 1.0,
+            threshold=int(a["threshold"]),
+            additive=a.get("unit", "record") == "record" and grossed.get("by") != "weight"))
     return checks
 
 

@@ -188,4 +188,4 @@ def test_custom_expectations_decide_through_the_same_call() -> None:
     assert decide(expectation, {"table.recoverable_cells": 0}).success is True
     refused = decide(expectation, {"table.recoverable_cells": 2})
     assert refused.success is False
-    assert refused.result["observed_value"] == "2 withheld cell(s) recoverable by subtraction"
+    assert refused.result["observed_value"] == "2 withheld cell(s) recoverable or proved small"
