@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Generic, TypeVar
 
 import pyarrow as pa
@@ -27,7 +27,7 @@ _DONE = _Done()
 _POLL_SECONDS = 0.1
 
 
-def prefetched(items: Iterator[T], depth: int = 2, *, name: str = "prefetch") -> Iterator[T]:
+def prefetched(items: Iterator[T], depth: int = 2, *, name: str = "prefetch") -> Generator[T, None, None]:
     """Yield ``items`` in order while a thread runs ahead by up to ``depth`` items.
 
     The producer's exceptions are re-raised in the consumer, unchanged. When the consumer stops early

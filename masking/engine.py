@@ -219,9 +219,14 @@ def write_masked(engine: sa.Engine, item: PlannedDataset, keys: ContractKeys, pa
     if keyed_order:
         with KeyedOrderWriter(path, schema, order_key=keys.order, dataset=item.name, spill_dir=order_spill_dir(path),
                               parquet_options={"write_statistics": write_statistics}) as ordered:
-            for masked in batches:
-                ordered.write(masked)
-                rows += masked.num_rows
+            # Ranking and scattering into the order's buckets overlap the masking (both mostly outside the GIL).
+            order = Drain(ordered.write, name=f"order {item.name}")
+            try:
+                for masked in batches:
+                    order.put(masked)
+                    rows += masked.num_rows
+            finally:
+                order.close()
     else:
         with pq.ParquetWriter(path, schema, compression="zstd", write_statistics=write_statistics) as writer:
             drain = Drain(writer.write_batch, name=f"write {item.name}")  # compression overlaps the masking

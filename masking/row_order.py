@@ -39,6 +39,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from core.streams import prefetched
+
 RANK_COLUMN = "__row_order_rank"
 BUCKET_BITS = 8
 BUCKETS = 1 << BUCKET_BITS
@@ -129,8 +131,12 @@ class KeyedOrderWriter:
                     self._held = []
                 else:
                     self._scatter_held()
-                    for table in self._buckets.sorted_tables(self._spill_bytes):
-                        gathered.add(table)
+                    # The next bucket is read and sorted on another thread while this one is written (both
+                    # release the GIL): a few buckets in memory at most, each a 256th of the spill.
+                    with contextlib.closing(prefetched(self._buckets.sorted_tables(self._spill_bytes), depth=1,
+                                                       name="row-order")) as tables:
+                        for table in tables:
+                            gathered.add(table)
                 gathered.flush()
                 if self.rows == 0:
                     writer.write_table(self.schema.empty_table())
