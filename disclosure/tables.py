@@ -371,6 +371,9 @@ def secondary_suppression(cells: list[_Cell], ndims: int, threshold: int = 1, do
 # A table with suppressed cells and more cells than this is not audited (the LPs grow with it): it is refused, as
 # an unaudited table could be undone. Contracts then use fewer or coarser dimensions, or cell-key perturbation.
 AUDIT_MAX_CELLS = 20_000
+# The gate's interval narrowing (exposed_across_tables) stops after this many passes over the lines (each pass
+# only narrows; a few suffice in practice).
+EXPOSURE_PASSES = 50
 
 
 def _bounds(cells: list[_Cell], threshold: int, base: int, factor: float, weighted: bool) -> list[tuple[float, Any]]:
@@ -387,9 +390,14 @@ def _bounds(cells: list[_Cell], threshold: int, base: int, factor: float, weight
         if cell.suppressed or "count" not in cell.values or weighted:
             out.append((1.0 if cell.suppressed else float(threshold), None))
             continue
-        published = round_to_base(cell.values["count"], base)
-        out.append((max(float(threshold), (published - base / 2) / factor), (published + base / 2) / factor))
+        out.append(units_interval(round_to_base(cell.values["count"], base), base, factor, threshold))
     return out
+
+
+def units_interval(published: int, base: int, factor: float, threshold: int) -> tuple[float, float]:
+    """What a published count tells about its cell's units: its rounding interval divided by the grossing
+    factor, and at least the threshold (a published cell is not small)."""
+    return max(float(threshold), (published - base / 2) / factor), (published + base / 2) / factor
 
 
 def _constraints(cells: list[_Cell], ndims: int, additive: bool) -> dict[str, Any]:
@@ -542,7 +550,7 @@ def _audit(cells: list[_Cell], ndims: int, *, name: str, threshold: int, dominan
 
 
 def recoverable(cells: list[_Cell], ndims: int) -> int:
-    """Lines with exactly one suppressed entry (0 after ``secondary_suppression``); for tests."""
+    """Lines with exactly one suppressed entry (0 after ``secondary_suppression``); for the gate and tests."""
     return sum(1 for members, total in _lines(cells, ndims)
                if sum(cells[i].suppressed for i in [*members, total]) == 1)
 
@@ -745,9 +753,9 @@ def _protect_family(family: list[_Prepared]) -> None:
         for prep, one in instances[key]:
             if "count" not in one.values or one.implicit:
                 continue
-            published = round_to_base(one.values["count"], prep.base)
-            low = max(low, float(prep.agg.cell_threshold), (published - prep.base / 2) / prep.factor)
-            high = min(high, (published + prep.base / 2) / prep.factor)
+            one_low, one_high = units_interval(round_to_base(one.values["count"], prep.base), prep.base,
+                                               prep.factor, prep.agg.cell_threshold)
+            low, high = max(low, one_low), min(high, one_high)
         if high < math.inf:
             cell.known = (low, high)
     cells = list(merged.values())
@@ -886,17 +894,24 @@ def write_table(result: TableResult, path: Path) -> None:
     tmp.replace(path)
 
 
-def recoverable_in_table(table: pa.Table, by: list[str]) -> int:
-    """Lines of one *published* table with exactly one suppressed entry (the gate reads a dataset's tables
-    together: ``recoverable_across_tables``)."""
+def _published_keys(table: pa.Table, by: list[str], dims: list[str]) -> list[tuple[tuple[str, Any], ...]]:
+    """The cell key of each row of a *published* table over ``by``, lifted onto ``dims`` (``by`` or a superset)."""
     totals = table[TOTAL_OVER].to_pylist()
-    suppressed = table[SUPPRESSED].to_pylist()
-    dims = [table[d].to_pylist() for d in by]
-    cells = []
+    values = [table[d].to_pylist() for d in by]
+    keys = []
     for i in range(table.num_rows):
         over = set(filter(None, (totals[i] or "").split(",")))
-        key = tuple(("T", None) if d in over else ("v", dims[j][i]) for j, d in enumerate(by))
-        cells.append(_Cell(key=key, units=0, values={}, dominated=False, suppressed=bool(suppressed[i])))
+        own = tuple(("T", None) if d in over else ("v", values[j][i]) for j, d in enumerate(by))
+        keys.append(_lift(own, by, dims))
+    return keys
+
+
+def recoverable_in_table(table: pa.Table, by: list[str]) -> int:
+    """Lines of one *published* table with exactly one suppressed entry (the gate also reads a dataset's tables
+    together: ``exposed_across_tables``)."""
+    suppressed = table[SUPPRESSED].to_pylist()
+    cells = [_Cell(key=key, units=0, values={}, dominated=False, suppressed=bool(suppressed[i]))
+             for i, key in enumerate(_published_keys(table, by, by))]
     return recoverable(cells, len(by))
 
 
@@ -929,20 +944,15 @@ def exposed_across_tables(tables: list[PublishedTable]) -> int:
     high: dict[tuple[tuple[str, Any], ...], float] = {}
     withheld: dict[tuple[tuple[str, Any], ...], int] = {}  # withheld cell → the smallest threshold of its tables
     for t in tables:
-        totals = t.table[TOTAL_OVER].to_pylist()
         suppressed = t.table[SUPPRESSED].to_pylist()
         counts = t.table["count"].to_pylist()
-        values = {d: t.table[d].to_pylist() for d in t.by}
-        for i in range(t.table.num_rows):
-            over = set(filter(None, (totals[i] or "").split(",")))
-            parts = {d: ("T", None) if d in over else ("v", values[d][i]) for d in t.by}
-            key = tuple(parts.get(d, ("T", None)) for d in dims)
+        for i, key in enumerate(_published_keys(t.table, t.by, dims)):
             lo, hi = low.get(key, 1.0), high.get(key, math.inf)
             if suppressed[i] or counts[i] is None:
                 withheld[key] = min(withheld.get(key, t.threshold), t.threshold)
             else:
-                lo = max(lo, float(t.threshold), (counts[i] - t.base / 2) / t.factor)
-                hi = min(hi, (counts[i] + t.base / 2) / t.factor)
+                one_lo, one_hi = units_interval(counts[i], t.base, t.factor, t.threshold)
+                lo, hi = max(lo, one_lo), min(hi, one_hi)
             low[key], high[key] = lo, hi
     for key in list(low):  # margins no table lists: unknowns of their lines, non-empty
         inner = [d for d, part in enumerate(key) if part[0] == "v"]
@@ -966,10 +976,6 @@ def exposed_across_tables(tables: list[PublishedTable]) -> int:
         return len(withheld) or 1  # the published figures contradict each other: not what the build wrote
     return sum(1 for i, cell in enumerate(cells) if cell.key in withheld
                and (hi_of[i] - lo_of[i] < 1 - 1e-9 or hi_of[i] < withheld[cell.key] - 1e-9))
-
-
-# Interval narrowing stops after this many passes over the lines (each pass only narrows; a few suffice in practice).
-EXPOSURE_PASSES = 50
 
 
 def _tighten(members: list[int], total: int, lo: list[float], hi: list[float]) -> bool:

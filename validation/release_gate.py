@@ -236,10 +236,14 @@ def _tables_exposed(files: dict[str, Path], checks: tuple[TableCheck, ...]) -> l
         return PublishedTable(published[check.dataset], list(check.by), base=check.base, factor=check.factor,
                               threshold=check.threshold)
 
+    together: dict[frozenset[str], int] = {}  # one reading per family, shared by its tables' checks
     out = []
     for check in checks:
         exposed = recoverable_in_table(published[check.dataset], list(check.by))
         if check.additive:
-            exposed += exposed_across_tables([read(check), *(read(by_name[name]) for name in check.read_with)])
+            family = frozenset((check.dataset, *check.read_with))
+            if family not in together:
+                together[family] = exposed_across_tables([read(by_name[name]) for name in sorted(family)])
+            exposed += together[family]
         out.append(exposed)
     return out

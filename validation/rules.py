@@ -154,15 +154,25 @@ def table_checks(aggregates: list[dict[str, Any]]) -> list[TableCheck]:
     protected = [a for a in aggregates if a.get("protection", "suppression") != "cell_key"]
     checks = []
     for a in protected:
-        grossed = a.get("grossed") or {}
+        base, factor = _count_scale(a)
         checks.append(TableCheck(
             dataset=a["name"], by=tuple(a["by"]),
             read_with=tuple(o["name"] for o in protected if o is not a and family(o) == family(a)),
-            base=int(a.get("count_rounding") or a["rounding"]),
-            factor=float(grossed["factor"]) if grossed.get("by") == "inverse sampling fraction" else 1.0,
-            threshold=int(a["threshold"]),
-            additive=a.get("unit", "record") == "record" and grossed.get("by") != "weight"))
+            base=base, factor=factor, threshold=int(a["threshold"]),
+            additive=a.get("unit", "record") == "record" and not _weighted(a)))
     return checks
+
+
+def _weighted(a: dict[str, Any]) -> bool:
+    return bool((a.get("grossed") or {}).get("by") == "weight")
+
+
+def _count_scale(a: dict[str, Any]) -> tuple[int, float]:
+    """An aggregate summary's count base (grossed tables round to a coarser one) and its grossing factor (1 when
+    not grossed by the inverse sampling fraction)."""
+    grossed = a.get("grossed") or {}
+    factor = float(grossed["factor"]) if grossed.get("by") == "inverse sampling fraction" else 1.0
+    return int(a.get("count_rounding") or a["rounding"]), factor
 
 
 def delivery_rules(contract: Contract, state: dict[str, Any], disclosure_doc: dict[str, Any] | None, *,
@@ -221,16 +231,14 @@ def delivery_rules(contract: Contract, state: dict[str, Any], disclosure_doc: di
         for c in a["schema"]:
             table_domains: list[Domain] = []
             if c["name"] == "count":
-                grossed = a.get("grossed")
-                factor = float(grossed["factor"]) if grossed and grossed.get("by") != "weight" else 1.0
+                base, factor = _count_scale(a)
                 if a.get("protection") == "cell_key":  # perturbed: never 1 … smallest-1 (docs/disclosure.md)
                     smallest = int((a.get("ptable") or {}).get("smallest_published", 1))
-                    if not grossed or grossed.get("by") != "weight":
+                    if not _weighted(a):
                         table_domains.append(Domain("between", min_value=float(math.floor(smallest * factor))))
                 else:
-                    base = int(a.get("count_rounding") or a["rounding"])  # grossed tables: a coarser base
                     table_domains.append(Domain("multiple_of", base=float(base)))
-                    if not grossed or grossed.get("by") != "weight":
+                    if not _weighted(a):
                         table_domains.append(Domain("between",
                                                     min_value=round_to_base(a["threshold"] * factor, base)))
             columns.append(ColumnRule(name=c["name"], type=c["type"], domains=tuple(table_domains),

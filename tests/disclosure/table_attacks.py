@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,24 @@ def consistent_units(published: int, factor: float, base: int, low: int, high: i
     return [n for n in range(low, high + 1) if round_to_base(n * factor, base) == published]
 
 
+def _differencing(keys: list[Key], rows: list[dict[str, Any]], truth: Mapping[Key, TrueCell], known: set[int],
+                  threshold: int, attack_name: str, held_text: Callable[[int], str]) -> int:
+    """Differencing along every line whose total is known: a line with withheld cells must have at least two,
+    holding at least ``threshold`` units together. Returns how many lines were examined."""
+    examined = 0
+    for members, total in lines(keys):
+        suppressed = [i for i in members if rows[i]["suppressed"] and i not in known]
+        if any(rows[i].get("implicit") for i in members):
+            continue
+        if not suppressed or (rows[total]["suppressed"] and total not in known):
+            continue
+        examined += 1
+        assert len(suppressed) >= 2, f"{attack_name}: line of {keys[total]} has one suppressed cell"
+        held = sum(truth[keys[i]].units for i in suppressed)
+        assert held >= threshold, f"{attack_name}: the suppressed cells of a line hold {held_text(held)}"
+    return examined
+
+
 def attack(table: pa.Table, summary: Mapping[str, Any], truth: Mapping[Key, TrueCell]) -> dict[str, int]:
     """Run every attack on one published table; returns how many cells/lines each examined."""
     by = list(summary["by"])
@@ -163,16 +181,8 @@ def attack(table: pa.Table, summary: Mapping[str, Any], truth: Mapping[Key, True
     #    size is in the manifest, population sizes are often published).
     keys, rows = complete(keys, rows)
     known = known_exactly(keys, truth, threshold, factor > 1)
-    for members, total in lines(keys):
-        suppressed = [i for i in members if rows[i]["suppressed"] and i not in known]
-        if any(rows[i].get("implicit") for i in members):
-            continue
-        if not suppressed or (rows[total]["suppressed"] and total not in known):
-            continue
-        examined["differencing"] += 1
-        assert len(suppressed) >= 2, f"differencing: line of {keys[total]} has one suppressed cell"
-        held = sum(truth[keys[i]].units for i in suppressed)
-        assert held >= threshold, f"differencing: the suppressed cells of a line hold {held} < {threshold} units"
+    examined["differencing"] = _differencing(keys, rows, truth, known, threshold, "differencing",
+                                             lambda held: f"{held} < {threshold} units")
 
     # 4. linear programming over every line at once (unweighted units, or the weighted count with weights).
     bounds = _bounds(rows, threshold=threshold, base=base, factor=factor, weighted=weighted)
@@ -321,17 +331,9 @@ def attack_together(tables: Sequence[tuple[pa.Table, Mapping[str, Any], Mapping[
         assert k not in published_in, f"cell {k} is withheld in {withheld_in[k]} but published in {published_in[k]}"
     keys, rows = complete(list(merged), [merged[k] for k in merged])
     known_cells = known_exactly(keys, truth, threshold, factor > 1)
-    examined = {"differencing": 0, "lp": 0}
-    for members, total in lines(keys):
-        suppressed = [i for i in members if rows[i]["suppressed"] and i not in known_cells]
-        if any(rows[i].get("implicit") for i in members):
-            continue
-        if not suppressed or (rows[total]["suppressed"] and total not in known_cells):
-            continue
-        examined["differencing"] += 1
-        assert len(suppressed) >= 2, f"differencing across tables: line of {keys[total]} has one suppressed cell"
-        held = sum(truth[keys[i]].units for i in suppressed)
-        assert held >= threshold, f"differencing across tables: the suppressed cells of a line hold {held} units"
+    examined = {"differencing": _differencing(keys, rows, truth, known_cells, threshold,
+                                              "differencing across tables", lambda held: f"{held} units"),
+                "lp": 0}
     bounds: list[tuple[float, float | None]] = []
     for k, r in zip(keys, rows, strict=True):
         if r["suppressed"] or k not in known:
